@@ -1,2 +1,3 @@
 export * from './util.js';
 export * from './nats.js';
+export * from './netns.js';
