@@ -1,0 +1,1 @@
+export { main, helpText, allCommands } from "./main.js";

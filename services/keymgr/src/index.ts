@@ -1,0 +1,4 @@
+import type { CliCommand } from "@fleetswan/common";
+
+/** This service's `fleetswan` subcommands. */
+export const commands: CliCommand[] = [];
