@@ -1,0 +1,1 @@
+export { FakeBackend, type FakeBackendOptions, type FakeCall } from "./fake-backend.js";
