@@ -1,0 +1,389 @@
+// fsesp: the few syscalls the userspace ESP backend needs and Node cannot do itself.
+//
+//   openTun(name, mtu?)           -> { fd, name }   /dev/net/tun, TUNSETIFF IFF_TUN|IFF_NO_PI, O_NONBLOCK
+//   udpSocket(family, addr, port, encap) -> fd      non-blocking UDP socket, optional UDP_ENCAP_ESPINUDP
+//   setUdpEncap(fd)                                  UDP_ENCAP_ESPINUDP on any UDP socket fd (xfrm backend)
+//   rawEspSocket(family, bindAddr) -> fd             SOCK_RAW, IPPROTO_ESP (plain ESP, RFC 4303 over IP)
+//   write(fd, buf) -> bytes                          one write(2) per packet (TUN)
+//   sendTo(fd, buf, family, addrBytes, port) -> bytes
+//   close(fd)
+//   new Poller(fd, withAddr, maxBatch, callback)     uv_poll on fd; when readable, read until EAGAIN
+//       (or maxBatch packets) and call callback(data: Buffer, meta: Uint32Array) once per batch.
+//       meta holds 8 words per packet: offset, length, family (4/6/0), port, address (4 words,
+//       raw network-order bytes). Methods: start(), stop(), close().
+//
+// Everything else (ESP, policies, routes) is TypeScript. Errors are thrown as Error objects
+// with `code` = "ESP_NATIVE" and `errno`, and a message naming the syscall and its argument.
+#include <napi.h>
+#include <uv.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <vector>
+
+#ifndef UDP_ENCAP
+#define UDP_ENCAP 100
+#endif
+#ifndef UDP_ENCAP_ESPINUDP
+#define UDP_ENCAP_ESPINUDP 2
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+
+namespace {
+
+Napi::Error SysError(Napi::Env env, const std::string& what, int err) {
+  Napi::Error e = Napi::Error::New(env, what + ": " + strerror(err));
+  e.Set("code", Napi::String::New(env, "ESP_NATIVE"));
+  e.Set("errno", Napi::Number::New(env, err));
+  e.Set("syscall", Napi::String::New(env, what));
+  return e;
+}
+
+// Fill a sockaddr from (family, address bytes, port). Returns its length or 0.
+socklen_t MakeAddr(int family, const uint8_t* addr, size_t addrLen, int port, sockaddr_storage* ss) {
+  memset(ss, 0, sizeof(*ss));
+  if (family == 4 && addrLen == 4) {
+    auto* s = reinterpret_cast<sockaddr_in*>(ss);
+    s->sin_family = AF_INET;
+    s->sin_port = htons(static_cast<uint16_t>(port));
+    memcpy(&s->sin_addr, addr, 4);
+    return sizeof(sockaddr_in);
+  }
+  if (family == 6 && addrLen == 16) {
+    auto* s = reinterpret_cast<sockaddr_in6*>(ss);
+    s->sin6_family = AF_INET6;
+    s->sin6_port = htons(static_cast<uint16_t>(port));
+    memcpy(&s->sin6_addr, addr, 16);
+    return sizeof(sockaddr_in6);
+  }
+  return 0;
+}
+
+Napi::Value OpenTun(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+  if (name.size() >= IFNAMSIZ) {
+    Napi::TypeError::New(env, "openTun: interface name longer than 15 characters: " + name).ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    SysError(env, "open(/dev/net/tun)", errno).ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof(ifr));
+  ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
+  strncpy(ifr.ifr_name, name.c_str(), IFNAMSIZ - 1);
+  if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+    int err = errno;
+    close(fd);
+    SysError(env, "ioctl(TUNSETIFF, " + name + ")", err).ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("fd", Napi::Number::New(env, fd));
+  r.Set("name", Napi::String::New(env, ifr.ifr_name));
+  return r;
+}
+
+Napi::Value UdpSocket(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int family = info[0].As<Napi::Number>().Int32Value();
+  Napi::Buffer<uint8_t> addr = info[1].As<Napi::Buffer<uint8_t>>();
+  int port = info[2].As<Napi::Number>().Int32Value();
+  bool encap = info[3].ToBoolean();
+  sockaddr_storage ss;
+  socklen_t sl = MakeAddr(family, addr.Data(), addr.Length(), port, &ss);
+  if (sl == 0) {
+    Napi::TypeError::New(env, "udpSocket: bad family/address").ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  int fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    SysError(env, "socket(UDP)", errno).ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (family == 6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  int sz = 4 << 20;  // room for bursts: the kernel caps this at net.core.rmem_max / wmem_max
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+  if (bind(fd, reinterpret_cast<sockaddr*>(&ss), sl) < 0) {
+    int err = errno;
+    close(fd);
+    SysError(env, "bind(UDP port " + std::to_string(port) + ")", err).ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  if (encap) {
+    int t = UDP_ENCAP_ESPINUDP;
+    if (setsockopt(fd, SOL_UDP, UDP_ENCAP, &t, sizeof(t)) < 0) {
+      int err = errno;
+      close(fd);
+      SysError(env, "setsockopt(UDP_ENCAP)", err).ThrowAsJavaScriptException();
+      return env.Null();
+    }
+  }
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value SetUdpEncap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  int t = UDP_ENCAP_ESPINUDP;
+  if (setsockopt(fd, SOL_UDP, UDP_ENCAP, &t, sizeof(t)) < 0) {
+    SysError(env, "setsockopt(fd " + std::to_string(fd) + ", UDP_ENCAP)", errno).ThrowAsJavaScriptException();
+  }
+  return env.Undefined();
+}
+
+Napi::Value RawEspSocket(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int family = info[0].As<Napi::Number>().Int32Value();
+  int fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_ESP);
+  if (fd < 0) {
+    SysError(env, "socket(SOCK_RAW, IPPROTO_ESP)", errno).ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  if (info.Length() > 1 && info[1].IsBuffer()) {
+    Napi::Buffer<uint8_t> addr = info[1].As<Napi::Buffer<uint8_t>>();
+    sockaddr_storage ss;
+    socklen_t sl = MakeAddr(family, addr.Data(), addr.Length(), 0, &ss);
+    if (sl != 0 && bind(fd, reinterpret_cast<sockaddr*>(&ss), sl) < 0) {
+      int err = errno;
+      close(fd);
+      SysError(env, "bind(raw ESP)", err).ThrowAsJavaScriptException();
+      return env.Null();
+    }
+  }
+  int sz = 4 << 20;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+  return Napi::Number::New(env, fd);
+}
+
+// Returns bytes written, or -errno for EAGAIN/ENOBUFS-type transient failures (the caller counts
+// a drop); throws for anything else.
+Napi::Value Write(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  Napi::Buffer<uint8_t> b = info[1].As<Napi::Buffer<uint8_t>>();
+  ssize_t n = write(fd, b.Data(), b.Length());
+  if (n < 0) {
+    int err = errno;
+    if (err == EAGAIN || err == ENOBUFS || err == EINVAL || err == EIO) return Napi::Number::New(env, -err);
+    SysError(env, "write(fd " + std::to_string(fd) + ")", err).ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+Napi::Value SendTo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  Napi::Buffer<uint8_t> b = info[1].As<Napi::Buffer<uint8_t>>();
+  int family = info[2].As<Napi::Number>().Int32Value();
+  Napi::Buffer<uint8_t> addr = info[3].As<Napi::Buffer<uint8_t>>();
+  int port = info[4].As<Napi::Number>().Int32Value();
+  sockaddr_storage ss;
+  socklen_t sl = MakeAddr(family, addr.Data(), addr.Length(), port, &ss);
+  if (sl == 0) {
+    Napi::TypeError::New(env, "sendTo: bad family/address").ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  ssize_t n = sendto(fd, b.Data(), b.Length(), 0, reinterpret_cast<sockaddr*>(&ss), sl);
+  if (n < 0) return Napi::Number::New(env, -errno);  // transient (EAGAIN, ENOBUFS, EHOSTUNREACH...): counted by caller
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+Napi::Value Close(const Napi::CallbackInfo& info) {
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  if (fd >= 0) close(fd);
+  return info.Env().Undefined();
+}
+
+// ------------------------------------------------------------------ Poller --
+
+constexpr size_t kMaxPacket = 65536;
+
+class Poller : public Napi::ObjectWrap<Poller> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "Poller",
+                       {InstanceMethod("start", &Poller::Start), InstanceMethod("stop", &Poller::Stop),
+                        InstanceMethod("close", &Poller::Close)});
+  }
+
+  explicit Poller(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Poller>(info) {
+    Napi::Env env = info.Env();
+    fd_ = info[0].As<Napi::Number>().Int32Value();
+    withAddr_ = info[1].ToBoolean();
+    maxBatch_ = info[2].As<Napi::Number>().Uint32Value();
+    if (maxBatch_ == 0 || maxBatch_ > 4096) maxBatch_ = 256;
+    cb_ = Napi::Persistent(info[3].As<Napi::Function>());
+    arena_.resize(kMaxPacket * 4);
+    meta_.resize(maxBatch_ * 8);
+    uv_loop_t* loop = nullptr;
+    napi_get_uv_event_loop(env, &loop);
+    handle_ = new uv_poll_t;
+    int r = uv_poll_init(loop, handle_, fd_);
+    if (r != 0) {
+      delete handle_;
+      handle_ = nullptr;
+      Napi::Error::New(env, std::string("uv_poll_init: ") + uv_strerror(r)).ThrowAsJavaScriptException();
+      return;
+    }
+    handle_->data = this;
+  }
+
+  ~Poller() override { CloseHandle(); }
+
+ private:
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    if (handle_ != nullptr && !active_) {
+      uv_poll_start(handle_, UV_READABLE, OnPoll);
+      active_ = true;
+      Ref();  // keep the JS object (and the loop) alive while polling
+    }
+    return info.Env().Undefined();
+  }
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    StopPoll();
+    return info.Env().Undefined();
+  }
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    CloseHandle();
+    return info.Env().Undefined();
+  }
+  void StopPoll() {
+    if (handle_ != nullptr && active_) {
+      uv_poll_stop(handle_);
+      active_ = false;
+      Unref();
+    }
+  }
+  void CloseHandle() {
+    StopPoll();
+    if (handle_ != nullptr) {
+      uv_close(reinterpret_cast<uv_handle_t*>(handle_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+      handle_ = nullptr;
+    }
+  }
+
+  static void OnPoll(uv_poll_t* h, int status, int events) {
+    auto* self = static_cast<Poller*>(h->data);
+    if (self == nullptr || !self->active_) return;
+    self->Drain(status);
+  }
+
+  // Read until EAGAIN or maxBatch packets; one JS call per batch. The arena grows when a
+  // batch of big packets needs it; a packet never straddles a reallocation (we read into
+  // the tail only when kMaxPacket bytes are free).
+  void Drain(int status) {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    if (status < 0) {
+      Deliver(env, 0, std::string("poll: ") + uv_strerror(status));
+      return;
+    }
+    size_t used = 0;
+    uint32_t n = 0;
+    int err = 0;
+    while (n < maxBatch_) {
+      if (arena_.size() - used < kMaxPacket) arena_.resize(arena_.size() * 2);
+      uint8_t* p = arena_.data() + used;
+      ssize_t r;
+      sockaddr_storage ss;
+      socklen_t sl = sizeof(ss);
+      if (withAddr_) {
+        r = recvfrom(fd_, p, kMaxPacket, 0, reinterpret_cast<sockaddr*>(&ss), &sl);
+      } else {
+        r = read(fd_, p, kMaxPacket);
+      }
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) err = errno;
+        break;
+      }
+      uint32_t* m = meta_.data() + n * 8;
+      m[0] = static_cast<uint32_t>(used);
+      m[1] = static_cast<uint32_t>(r);
+      m[2] = 0;
+      m[3] = 0;
+      m[4] = m[5] = m[6] = m[7] = 0;
+      if (withAddr_) {
+        if (ss.ss_family == AF_INET) {
+          auto* s = reinterpret_cast<sockaddr_in*>(&ss);
+          m[2] = 4;
+          m[3] = ntohs(s->sin_port);
+          memcpy(&m[4], &s->sin_addr, 4);
+        } else if (ss.ss_family == AF_INET6) {
+          auto* s = reinterpret_cast<sockaddr_in6*>(&ss);
+          m[2] = 6;
+          m[3] = ntohs(s->sin6_port);
+          memcpy(&m[4], &s->sin6_addr, 16);
+        }
+      }
+      used += static_cast<size_t>(r);
+      // keep the next packet 16-byte aligned (cheap, and helps the JS side's views)
+      used = (used + 15) & ~static_cast<size_t>(15);
+      n++;
+    }
+    if (n > 0) Deliver(env, n, "");
+    if (err != 0 && err != ENOTCONN && err != ECONNREFUSED) {
+      Deliver(env, 0, std::string("read: ") + strerror(err));
+    }
+  }
+
+  void Deliver(Napi::Env env, uint32_t n, const std::string& error) {
+    size_t bytes = 0;
+    if (n > 0) {
+      const uint32_t* last = meta_.data() + (n - 1) * 8;
+      bytes = last[0] + last[1];
+    }
+    Napi::Buffer<uint8_t> data = Napi::Buffer<uint8_t>::Copy(env, arena_.data(), bytes);
+    Napi::ArrayBuffer mab = Napi::ArrayBuffer::New(env, n * 8 * sizeof(uint32_t));
+    if (n > 0) memcpy(mab.Data(), meta_.data(), n * 8 * sizeof(uint32_t));
+    Napi::Uint32Array meta = Napi::Uint32Array::New(env, n * 8, mab, 0);
+    Napi::Value errv = error.empty() ? env.Undefined() : Napi::String::New(env, error).As<Napi::Value>();
+    // MakeCallback so that microtasks queued by the handler run before we return to libuv.
+    cb_.MakeCallback(Value(), {data, meta, errv});
+  }
+
+  int fd_ = -1;
+  bool withAddr_ = false;
+  bool active_ = false;
+  uint32_t maxBatch_ = 256;
+  uv_poll_t* handle_ = nullptr;
+  Napi::FunctionReference cb_;
+  std::vector<uint8_t> arena_;
+  std::vector<uint32_t> meta_;
+};
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("openTun", Napi::Function::New(env, OpenTun));
+  exports.Set("udpSocket", Napi::Function::New(env, UdpSocket));
+  exports.Set("setUdpEncap", Napi::Function::New(env, SetUdpEncap));
+  exports.Set("rawEspSocket", Napi::Function::New(env, RawEspSocket));
+  exports.Set("write", Napi::Function::New(env, Write));
+  exports.Set("sendTo", Napi::Function::New(env, SendTo));
+  exports.Set("close", Napi::Function::New(env, Close));
+  exports.Set("Poller", Poller::Init(env));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(fsesp, Init)
