@@ -3,3 +3,4 @@ export * from './nats.js';
 export * from './netns.js';
 export * from './capture.js';
 export * from './peers.js';
+export * from './kernel-lab.js';
