@@ -18,7 +18,8 @@ PKGS=(nats-server protobuf-compiler strongswan-charon strongswan-swanctl
       libcharon-extra-plugins libstrongswan-extra-plugins tshark iperf3
       user-mode-linux kmod iputils-ping iproute2 nftables prometheus
       libnss3-tools libnss3 libnspr4 libunbound8 libevent-2.1-7
-      libevent-pthreads-2.1-7 libldns3 bc procps psmisc curl ca-certificates)
+      libevent-pthreads-2.1-7 libldns3 bc procps psmisc curl ca-certificates
+      openssl util-linux)
 SERVICES=(strongswan-starter strongswan ipsec nats-server prometheus
           prometheus-node-exporter)
 

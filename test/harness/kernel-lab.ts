@@ -112,7 +112,7 @@ cd ${shq(cwd)} 2>/dev/null || cd /
 bash -c "$(cat ${shq(join(xdir, 'cmd'))})" </dev/null >${shq(join(xdir, 'out.log'))} 2>&1
 echo $? > ${shq(join(xdir, 'rc'))}.tmp && mv ${shq(join(xdir, 'rc'))}.tmp ${shq(join(xdir, 'rc'))}
 sync
-halt -f
+halt -f 2>/dev/null || poweroff -f 2>/dev/null || echo o > /proc/sysrq-trigger
 `;
   const initFile = join(xdir, 'init.sh');
   writeFileSync(initFile, init);

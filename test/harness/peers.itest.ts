@@ -5,9 +5,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { siteToSiteTopology } from './netns.js';
-import { startCharon, renderSwanctlConf, siteToSiteConn, pskSecret, CHARON } from './peers.js';
+import { startCharon, renderSwanctlConf, siteToSiteConn, pskSecret, makeTestPki, CHARON } from './peers.js';
 import { startCapture, countIke, countEspInUdp, countRawEsp, assertNoPackets, ipsecSummary } from './capture.js';
-import { needExecutable, needRoot, skipReason } from './util.js';
+import { needExecutable, needRoot, run, skipReason } from './util.js';
 
 const PSK = 'fleetswan-harness-test-psk-0123456789';
 
@@ -79,4 +79,34 @@ test('peers: strongSwan <-> strongSwan (libipsec, encap) tunnel, list-sas, captu
   // terminate: both sides forget the SA
   await gwa.terminate({ ike: 's2s' });
   assert.deepEqual(await gwa.listSas(), []);
+});
+
+test('peers: strongSwan pair with certificates (makeTestPki, auth = pubkey)', async (t) => {
+  const skip = skipReason(needRoot(), needExecutable(CHARON, 'swanctl', 'openssl'));
+  if (skip) { t.skip(skip); return; }
+  const net = await siteToSiteTopology();
+  t.after(() => net.destroy());
+  const [gwa, gwb] = await Promise.all([
+    startCharon({ net, ns: net.nsOf('gwa'), name: 'gwa', mode: 'libipsec' }),
+    startCharon({ net, ns: net.nsOf('gwb'), name: 'gwb', mode: 'libipsec' }),
+  ]);
+  t.after(async () => { await gwa.stop(); await gwb.stop(); });
+  // one PKI, copied into both swanctl dirs (each daemon loads x509/ private/ x509ca/)
+  await makeTestPki(gwa.dir, ['gwa.example.test', 'gwb.example.test']);
+  await run(['cp', '-r', `${gwa.dir}/x509`, `${gwa.dir}/x509ca`, `${gwa.dir}/private`, gwb.dir]);
+  for (const [gw, me, peer, l, r, la, ra] of [
+    [gwa, 'gwa', 'gwb', '10.1.0.0/16', '10.2.0.0/16', '192.0.2.1', '192.0.2.2'],
+    [gwb, 'gwb', 'gwa', '10.2.0.0/16', '10.1.0.0/16', '192.0.2.2', '192.0.2.1'],
+  ] as const) {
+    await gw.load(renderSwanctlConf([siteToSiteConn({
+      localAddr: la, remoteAddr: ra, localId: `${me}.example.test`, remoteId: `${peer}.example.test`,
+      localTs: l, remoteTs: r, encap: true,
+      auth: { cert: `${me}.example.test.crt`, key: `${me}.example.test.key`, ca: 'ca.crt' },
+    })]));
+  }
+  await gwa.initiate({ child: 'net' });
+  await net.exec('gwa', ['ping', '-c', '2', '-W', '2', '-I', '10.1.0.1', '10.2.0.1']);
+  const sa = await gwb.waitEstablished({ ike: 's2s', child: 'net' });
+  assert.equal(sa.remoteId, 'gwa.example.test');
+  assert.ok(sa.children[0]!.bytesIn > 0);
 });
