@@ -1,0 +1,146 @@
+/**
+ * Watching KV keys under NATS permissions that name the keys (docs/security.md): a push
+ * consumer created with the filtered create subject
+ * $JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>, delivering the last value of each
+ * matching key and then every change, without acks. Idle heartbeats show it is alive;
+ * after a reconnect or missed heartbeats a new consumer replaces it and delivers the
+ * latest values again (the caller applies only differences, so a resync is harmless).
+ * nats.js kv.watch() is not used: its ordered consumer resets through the unfiltered
+ * create subject, which a confined gateway may not use.
+ */
+import { createInbox, headers as _headers, nuid, type Msg, type NatsConnection, type Subscription } from "nats";
+import type { Logger } from "@fleetswan/common";
+
+export interface KvChange {
+  key: string;
+  op: "PUT" | "DEL";
+  value: Uint8Array;
+  /** Stream sequence (the KV revision), 0 if unknown. */
+  revision: number;
+}
+
+export interface KeyWatcherOptions {
+  nc: NatsConnection;
+  bucket: string;
+  /** Key or key pattern within the bucket ("gw-a", "gw-a.>"). */
+  key: string;
+  onChange: (c: KvChange) => void;
+  /** Called when the initial values of a (re)subscription have all arrived. */
+  onSynced?: () => void;
+  log: Logger;
+  heartbeatMs?: number;
+}
+
+const NS = 1_000_000;
+void _headers;
+
+export class KeyWatcher {
+  readonly #o: KeyWatcherOptions;
+  readonly #prefix: string;
+  #sub: Subscription | undefined;
+  #lastSeen = 0;
+  #timer: NodeJS.Timeout | undefined;
+  #stopped = false;
+  #establishing: Promise<void> | undefined;
+  #generation = 0;
+
+  constructor(o: KeyWatcherOptions) {
+    this.#o = o;
+    this.#prefix = `$KV.${o.bucket}.`;
+  }
+
+  get #hb(): number {
+    return this.#o.heartbeatMs ?? 5000;
+  }
+
+  start(): void {
+    this.#timer = setInterval(() => {
+      if (!this.#stopped && !this.#establishing && Date.now() - this.#lastSeen > 3 * this.#hb) {
+        this.#o.log.debug({ bucket: this.#o.bucket }, "watch heartbeats missed; resubscribing");
+        this.resync();
+      }
+    }, this.#hb);
+    this.#timer.unref();
+    this.resync();
+  }
+
+  /** Replace the consumer (after a reconnect or a missed heartbeat). */
+  resync(): void {
+    if (this.#stopped || this.#establishing) return;
+    this.#establishing = this.#establish()
+      .catch((e: Error) => {
+        this.#o.log.debug({ bucket: this.#o.bucket, err: e.message }, "watch subscription failed; will retry");
+      })
+      .finally(() => {
+        this.#establishing = undefined;
+      });
+  }
+
+  async #establish(): Promise<void> {
+    const gen = ++this.#generation;
+    this.#sub?.unsubscribe();
+    const nc = this.#o.nc;
+    const inbox = createInbox((nc as unknown as { options: { inboxPrefix?: string } }).options.inboxPrefix);
+    let synced = false;
+    const markSynced = () => {
+      if (!synced) {
+        synced = true;
+        this.#o.onSynced?.();
+      }
+    };
+    this.#sub = nc.subscribe(inbox, {
+      callback: (err, m) => {
+        if (err || gen !== this.#generation) return;
+        this.#lastSeen = Date.now();
+        this.#onMsg(m, markSynced);
+      },
+    });
+    const stream = `KV_${this.#o.bucket}`;
+    const filter = this.#prefix + this.#o.key;
+    const name = nuid.next();
+    const req = {
+      stream_name: stream,
+      config: {
+        name,
+        deliver_subject: inbox,
+        filter_subject: filter,
+        deliver_policy: "last_per_subject",
+        ack_policy: "none",
+        replay_policy: "instant",
+        idle_heartbeat: this.#hb * NS,
+        inactive_threshold: 4 * this.#hb * NS,
+        mem_storage: true,
+        num_replicas: 1,
+      },
+    };
+    const r = await nc.request(`$JS.API.CONSUMER.CREATE.${stream}.${name}.${filter}`, new TextEncoder().encode(JSON.stringify(req)), { timeout: 5000 });
+    const info = JSON.parse(new TextDecoder().decode(r.data)) as { error?: { code: number; description: string }; num_pending?: number };
+    if (info.error) throw new Error(`consumer on ${filter}: ${info.error.description} (${info.error.code})`);
+    this.#lastSeen = Date.now();
+    if ((info.num_pending ?? 0) === 0) markSynced();
+  }
+
+  #onMsg(m: Msg, markSynced: () => void): void {
+    const h = m.headers;
+    if (h && h.code === 100) return; // idle heartbeat (flow control is off)
+    if (!m.subject.startsWith(this.#prefix)) return;
+    const key = m.subject.slice(this.#prefix.length);
+    const opHeader = h?.get("KV-Operation");
+    const op = opHeader === "DEL" || opHeader === "PURGE" ? "DEL" : "PUT";
+    // $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>
+    const t = (m.reply ?? "").split(".");
+    const revision = t.length === 9 ? Number(t[5]) : 0;
+    try {
+      this.#o.onChange({ key, op, value: m.data, revision });
+    } catch (e) {
+      this.#o.log.warn({ bucket: this.#o.bucket, key, err: (e as Error).message }, "ignoring KV change");
+    }
+    if (t.length === 9 && t[8] === "0") markSynced();
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    if (this.#timer) clearInterval(this.#timer);
+    this.#sub?.unsubscribe();
+  }
+}
