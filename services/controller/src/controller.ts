@@ -1,0 +1,536 @@
+import { createHash, randomBytes } from "node:crypto";
+import { lookup } from "node:dns/promises";
+import { headers as natsHeaders, type KV, type Msg, type NatsConnection, type Subscription } from "nats";
+import { ConflictError, FleetswanError, NotFoundError, Secret, UnavailableError, type Logger } from "@fleetswan/common";
+import { Counter, Gauge, Histogram, type Registry } from "prom-client";
+import { controller as api, fleet, keymgr } from "@fleetswan/proto";
+import { compileSpec, pskFingerprint, SpecInvalidError, type CompiledFleet, type Resolver } from "./spec/compile.js";
+import { buildViews, EMPTY_STATE, nextState, renderGateways, resolveState, secretRefFor, type RenderState } from "./render.js";
+import { BUCKET, CONTROLLER_QUEUE, SPEC_KEY, subjects, type EnrollTicket, type SpecRecord } from "./layout.js";
+
+export interface ControllerOptions {
+  nc: NatsConnection;
+  log: Logger;
+  registry?: Registry;
+  /** Host name resolution at apply time (default: the system resolver, 5 s timeout). */
+  resolve?: Resolver;
+  /** Wait this long for keymgr (default 5000 ms). */
+  keymgrTimeoutMs?: number;
+  /** Re-check that views match the current spec this often (default 30 s; 0 = never). */
+  reconcileIntervalMs?: number;
+  /** A gateway is "up" when its last status is newer than this (default 30 s). */
+  staleAfterMs?: number;
+  /** KV replicas for the buckets the controller creates (default 1; 3 in a cluster). */
+  replicas?: number;
+  now?: () => Date;
+}
+
+const enc = new TextEncoder();
+
+export const defaultResolver: Resolver = async (host) => {
+  const res = await Promise.race([
+    lookup(host, { all: true, verbatim: true }),
+    new Promise<never>((_, reject) => setTimeout(() => reject(new Error("timed out after 5 s")), 5000).unref()),
+  ]);
+  return res.map((r) => r.address);
+};
+
+const isWrongSequence = (e: unknown): boolean => /wrong last sequence|key exists/i.test(String((e as Error)?.message ?? e));
+
+function apiError(e: unknown): api.ApiError {
+  if (e instanceof SpecInvalidError) return { code: e.code, message: e.message, locations: e.errors };
+  if (e instanceof FleetswanError) return { code: e.code, message: e.message, locations: [] };
+  return { code: "INTERNAL", message: String((e as Error)?.message ?? e), locations: [] };
+}
+
+/** Run `fn` over items with at most `limit` in flight. */
+async function parallel<T>(items: T[], limit: number, fn: (t: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) await fn(items[next++]!);
+  });
+  await Promise.all(workers);
+}
+
+interface EventRecord { [connection: string]: { code: string; message: string; kind: string; time: string } }
+
+/**
+ * The controller: stores spec revisions, renders views, serves the Controller API, keeps
+ * agent status and routes commands. Stateless: everything it knows is in NATS KV; any
+ * number of replicas may run (API and agent messages are consumed in queue group
+ * "controller", KV writes use compare-and-set).
+ */
+export class Controller {
+  readonly #o: Required<Omit<ControllerOptions, "registry">> & { registry?: Registry };
+  #spec!: KV;
+  #views!: KV;
+  #status!: KV;
+  #events!: KV;
+  #enroll!: KV;
+  #subs: Subscription[] = [];
+  #timers: NodeJS.Timeout[] = [];
+  #stopped = false;
+  /** Last spec revision whose views this replica checked/wrote. */
+  #reconciled = 0;
+  #reconciling: Promise<void> | undefined;
+  /** Caches fed by KV watches (read-only copies of NATS state). */
+  readonly #statusCache = new Map<string, fleet.AgentStatus>();
+  readonly #eventCache = new Map<string, EventRecord>();
+  #current: { revision: number; record: SpecRecord; fleet: CompiledFleet } | undefined;
+  #ready = false;
+  readonly #m: {
+    applies: Counter<"outcome">;
+    commandDuration: Histogram<"verb">;
+    viewWrites: Counter<"result">;
+  };
+
+  constructor(opts: ControllerOptions) {
+    this.#o = {
+      resolve: defaultResolver,
+      keymgrTimeoutMs: 5000,
+      reconcileIntervalMs: 30_000,
+      staleAfterMs: 30_000,
+      replicas: 1,
+      now: () => new Date(),
+      ...opts,
+    };
+    const registers = opts.registry ? [opts.registry] : [];
+    this.#m = {
+      applies: new Counter({ name: "fleetswan_controller_applies_total", help: "Spec applies by outcome (ok, invalid, conflict, error).", labelNames: ["outcome"], registers }),
+      commandDuration: new Histogram({ name: "fleetswan_controller_command_duration_seconds", help: "Time from an operator command to the agents' replies.", labelNames: ["verb"], buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers }),
+      viewWrites: new Counter({ name: "fleetswan_controller_view_writes_total", help: "Gateway view writes by result (written, unchanged, deleted, superseded).", labelNames: ["result"], registers }),
+    };
+    const self = this;
+    new Gauge({
+      name: "fleetswan_controller_gateways", help: "Gateways of the current spec by state (up: status within 30 s, stale, never-seen).", labelNames: ["state"], registers,
+      collect() {
+        const counts: Record<string, number> = { up: 0, stale: 0, "never-seen": 0 };
+        for (const g of self.fleetStatus().gateways) counts[g.state] = (counts[g.state] ?? 0) + 1;
+        for (const [k, v] of Object.entries(counts)) this.set({ state: k }, v);
+      },
+    });
+    new Gauge({
+      name: "fleetswan_controller_connections", help: "Connection ends: desired (in the spec) and by reported state (up = established, connecting, routed, down, unknown).", labelNames: ["state"], registers,
+      collect() {
+        const st = self.fleetStatus();
+        const counts: Record<string, number> = { desired: st.connections.length, up: 0, connecting: 0, routed: 0, down: 0, unknown: 0 };
+        for (const c of st.connections) counts[c.state] = (counts[c.state] ?? 0) + 1;
+        for (const [k, v] of Object.entries(counts)) this.set({ state: k }, v);
+      },
+    });
+    new Gauge({
+      name: "fleetswan_controller_revision_lag", help: "Spec revisions the gateway's applied view is behind (one series per gateway of the spec: bounded by the fleet size).", labelNames: ["gateway"], registers,
+      collect() {
+        this.reset();
+        for (const g of self.fleetStatus().gateways) this.set({ gateway: g.name }, Number(g.revisionLag));
+      },
+    });
+    new Gauge({
+      name: "fleetswan_controller_spec_revision", help: "Current spec revision (KV revision of fleet-spec/spec).", registers,
+      collect() { this.set(self.#current?.revision ?? 0); },
+    });
+  }
+
+  get ready(): boolean {
+    return this.#ready && !this.#o.nc.isClosed();
+  }
+
+  async start(): Promise<void> {
+    const js = this.#o.nc.jetstream();
+    const r = this.#o.replicas;
+    this.#spec = await js.views.kv(BUCKET.spec, { history: 64, replicas: r });
+    this.#views = await js.views.kv(BUCKET.views, { history: 2, replicas: r });
+    this.#status = await js.views.kv(BUCKET.status, { history: 1, replicas: r });
+    this.#events = await js.views.kv(BUCKET.events, { history: 1, replicas: r });
+    this.#enroll = await js.views.kv(BUCKET.enroll, { history: 1, replicas: r });
+    await this.#watchInto(this.#status, (e) => {
+      if (e.operation === "PUT") this.#statusCache.set(e.key, fleet.AgentStatus.decode(e.value));
+      else this.#statusCache.delete(e.key);
+    });
+    await this.#watchInto(this.#events, (e) => {
+      if (e.operation === "PUT") this.#eventCache.set(e.key, e.json<EventRecord>());
+      else this.#eventCache.delete(e.key);
+    });
+    await this.#watchInto(this.#spec, (e) => {
+      if (e.operation !== "PUT") return;
+      void this.#loadCurrent(e.revision, e.json<SpecRecord>()).catch((err) => this.#o.log.error({ err, revision: e.revision }, "cannot load spec revision"));
+    });
+    this.#subs.push(this.#o.nc.subscribe(subjects.controllerApiAll, { queue: CONTROLLER_QUEUE, callback: (err, msg) => { if (!err) void this.#serve(msg); } }));
+    this.#subs.push(this.#o.nc.subscribe(subjects.statusAll, { queue: CONTROLLER_QUEUE, callback: (err, msg) => { if (!err) void this.#onStatus(msg).catch((e) => this.#o.log.warn({ err: e, subject: msg.subject }, "status not stored")); } }));
+    this.#subs.push(this.#o.nc.subscribe(subjects.eventsAll, { queue: CONTROLLER_QUEUE, callback: (err, msg) => { if (!err) void this.#onEvent(msg).catch((e) => this.#o.log.warn({ err: e, subject: msg.subject }, "event not stored")); } }));
+    await this.#o.nc.flush();
+    await this.reconcile();
+    if (this.#o.reconcileIntervalMs > 0) {
+      const t = setInterval(() => void this.reconcile().catch((err) => this.#o.log.warn({ err }, "reconcile failed")), this.#o.reconcileIntervalMs);
+      t.unref();
+      this.#timers.push(t);
+    }
+    this.#ready = true;
+    this.#o.log.info({ revision: this.#current?.revision ?? 0 }, "controller started");
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#ready = false;
+    for (const t of this.#timers) clearInterval(t);
+    for (const s of this.#subs) s.unsubscribe();
+    await this.#reconciling?.catch(() => undefined);
+  }
+
+  async #watchInto(kv: KV, apply: (e: import("nats").KvEntry) => void): Promise<void> {
+    let initialised!: () => void;
+    const done = new Promise<void>((r) => (initialised = r));
+    const it = await kv.watch({ initializedFn: () => initialised() });
+    this.#subs.push({ unsubscribe: () => it.stop() } as unknown as Subscription);
+    void (async () => {
+      for await (const e of it) {
+        try { apply(e); } catch (err) { this.#o.log.warn({ err, key: e.key, bucket: e.bucket }, "bad KV entry ignored"); }
+      }
+    })();
+    await done;
+  }
+
+  async #loadCurrent(revision: number, record: SpecRecord): Promise<void> {
+    if (this.#current && this.#current.revision >= revision) return;
+    const f = await this.#compileRecord(record);
+    if (!this.#current || this.#current.revision < revision) this.#current = { revision, record, fleet: f };
+  }
+
+  #compileRecord(record: SpecRecord): Promise<CompiledFleet> {
+    return compileSpec(record.yaml, record.source, async (h) => {
+      const r = record.resolved[h];
+      if (!r) throw new Error("not resolved when this revision was applied");
+      return r;
+    });
+  }
+
+  async #currentRecord(): Promise<{ revision: number; record?: SpecRecord }> {
+    const e = await this.#spec.get(SPEC_KEY);
+    if (!e || e.operation !== "PUT") return { revision: e?.revision ?? 0 };
+    return { revision: e.revision, record: e.json<SpecRecord>() };
+  }
+
+  // ------------------------------------------------------------- apply / diff
+
+  /** ApplySpec (dryRun = DiffSpec). Throws SpecInvalidError, ConflictError, UnavailableError. */
+  async apply(req: api.ApplySpecRequest, dryRun = false): Promise<api.ApplySpecResponse> {
+    const source = req.sourceName || "fleet.yaml";
+    for (let attempt = 0; ; attempt++) {
+      const cur = await this.#currentRecord();
+      const base = Number(req.baseRevision);
+      if (!req.force && !dryRun && base !== cur.revision) {
+        throw new ConflictError(`the spec is at revision ${cur.revision} but this change is based on revision ${base}; review \`fleetswan diff\` and apply again with --base-revision ${cur.revision}`, { current: cur.revision, base });
+      }
+      const compiled = await compileSpec(req.specYaml, source, this.#o.resolve);
+      const prev: RenderState = cur.record ? resolveState(cur.record.state, cur.revision) : EMPTY_STATE;
+      const rendered = renderGateways(compiled);
+      const now = this.#o.now();
+      const { state, changes } = nextState(rendered, prev, 0, now);
+      const warnings = [...compiled.warnings];
+      if (compiled.connections.some((c) => c.manualSpi !== undefined)) warnings.push("manual keying (manual.spi) is validated but not yet carried in gateway views; those connections are loaded as IKE connections");
+      if (dryRun) return { error: undefined, revision: BigInt(cur.revision), changes, warnings };
+
+      // Operator-supplied PSKs go to keymgr first: the stored spec only says "@keymgr".
+      const psks: Record<string, string> = { ...(cur.record?.psks ?? {}) };
+      for (const c of compiled.connections) {
+        if (!c.peer?.psk) continue;
+        const ref = secretRefFor(c, c.gateways[0]!);
+        const fp = pskFingerprint(c.peer.psk);
+        if (psks[ref] === fp) continue;
+        await this.#storeSecret(ref, c.peer.psk, c.gateways);
+        psks[ref] = fp;
+      }
+      const record: SpecRecord = { format: 1, yaml: compiled.redactedYaml, source, appliedAt: now.toISOString(), base: cur.revision, resolved: compiled.resolved, state, psks };
+      let revision: number;
+      try {
+        const bytes = enc.encode(JSON.stringify(record));
+        revision = cur.revision === 0 ? await this.#spec.create(SPEC_KEY, bytes) : await this.#spec.update(SPEC_KEY, bytes, cur.revision);
+      } catch (e) {
+        if (isWrongSequence(e)) {
+          // Someone else applied between our read and our write.
+          if (req.force && attempt < 5) continue;
+          throw new ConflictError(`the spec changed while this change was applied (it was based on revision ${cur.revision}); review \`fleetswan diff\` and apply again`, { base: cur.revision });
+        }
+        throw new UnavailableError(`cannot store the spec in KV bucket ${BUCKET.spec}: ${(e as Error).message}`, {}, { cause: e });
+      }
+      const resolved = resolveState(state, revision);
+      await this.#writeViews(buildViews(rendered, resolved), Object.keys(prev.views).filter((g) => !rendered.has(g)), revision);
+      this.#reconciled = Math.max(this.#reconciled, revision);
+      await this.#loadCurrent(revision, record).catch(() => undefined);
+      warnings.push(...(await this.#generateSecrets(compiled, prev)));
+      this.#o.log.info({ revision, base: cur.revision, gateways: changes.length, source }, "spec applied");
+      return { error: undefined, revision: BigInt(revision), changes, warnings };
+    }
+  }
+
+  async #keymgr<T>(method: string, body: Uint8Array, decode: (b: Uint8Array) => T): Promise<T> {
+    try {
+      const m = await this.#o.nc.request(subjects.keymgrApi(method), body, { timeout: this.#o.keymgrTimeoutMs });
+      return decode(m.data);
+    } catch (e) {
+      throw new UnavailableError(`keymgr did not answer ${method} (${(e as Error).message})`, { method }, { cause: e });
+    }
+  }
+
+  async #storeSecret(name: string, value: Secret, gateways: string[]): Promise<void> {
+    const info = await this.#keymgr("StoreSecret", keymgr.StoreSecretRequest.encode({ name, value: value.reveal(), gateways }).finish(), (b) => keymgr.SecretInfo.decode(b)).catch((e: UnavailableError) => {
+      throw new UnavailableError(`${e.message}: cannot store the PSK ${name}; nothing was applied`, { secret: name });
+    });
+    if (info.error?.code) throw new FleetswanError(info.error.code, `keymgr refused secret ${name}: ${info.error.message}`, { secret: name });
+  }
+
+  /** PSKs for connections new in this revision: keymgr generates and seals them. */
+  async #generateSecrets(f: CompiledFleet, prev: RenderState): Promise<string[]> {
+    const wanted = f.connections.filter((c) => c.options.auth === "psk" && !c.peer?.psk && !c.peer?.pskKept && !c.gateways.every((g) => prev.conns[`${g}/${c.name}`]));
+    const warnings: string[] = [];
+    let down = false;
+    await parallel(wanted, 16, async (c) => {
+      const name = secretRefFor(c, c.gateways[0]!);
+      if (down) { warnings.push(`keymgr unavailable: PSK ${name} not generated yet`); return; }
+      try {
+        const info = await this.#keymgr("GenerateSecret", keymgr.GenerateSecretRequest.encode({ name, gateways: c.gateways }).finish(), (b) => keymgr.SecretInfo.decode(b));
+        if (info.error?.code) warnings.push(`keymgr: ${name}: ${info.error.message}`);
+      } catch (e) {
+        down = true;
+        warnings.push(`${(e as Error).message}: PSK ${name} not generated yet (re-apply once keymgr runs)`);
+      }
+    });
+    return warnings;
+  }
+
+  /**
+   * Write views whose bytes changed. Compare-and-set per key, and never replace a view
+   * rendered from a newer revision: concurrent replicas cannot go backwards.
+   */
+  async #writeViews(views: Map<string, fleet.GatewayView>, removed: string[], revision: number): Promise<void> {
+    await parallel([...views.values()], 128, async (view) => {
+      const bytes = fleet.GatewayView.encode(view).finish();
+      for (let attempt = 0; attempt < 10; attempt++) {
+        const e = await this.#views.get(view.gateway);
+        try {
+          if (e && e.operation === "PUT") {
+            if (Buffer.from(e.value).equals(Buffer.from(bytes))) { this.#m.viewWrites.inc({ result: "unchanged" }); return; }
+            if (fleet.GatewayView.decode(e.value).revision > view.revision) { this.#m.viewWrites.inc({ result: "superseded" }); return; }
+            await this.#views.update(view.gateway, bytes, e.revision);
+          } else if (e) await this.#views.update(view.gateway, bytes, e.revision);
+          else await this.#views.create(view.gateway, bytes);
+          this.#m.viewWrites.inc({ result: "written" });
+          return;
+        } catch (err) {
+          if (!isWrongSequence(err)) throw err;
+        }
+      }
+      throw new ConflictError(`view of gateway ${view.gateway} kept changing; gave up after 10 attempts`);
+    });
+    for (const gw of removed) {
+      const e = await this.#views.get(gw);
+      if (e && e.operation === "PUT" && fleet.GatewayView.decode(e.value).revision < BigInt(revision)) {
+        await this.#views.delete(gw, { previousSeq: e.revision }).catch(() => undefined);
+        this.#m.viewWrites.inc({ result: "deleted" });
+      }
+    }
+  }
+
+  /**
+   * Make the views match the current spec revision (after a crash between storing a
+   * revision and writing its views, or a lost view). Cheap when nothing changed: one KV
+   * read; otherwise one read per view and writes only where bytes differ.
+   */
+  reconcile(): Promise<void> {
+    this.#reconciling ??= (async () => {
+      try {
+        const cur = await this.#currentRecord();
+        if (!cur.record || cur.revision <= this.#reconciled || this.#stopped) return;
+        const f = await this.#compileRecord(cur.record);
+        const rendered = renderGateways(f);
+        const views = buildViews(rendered, resolveState(cur.record.state, cur.revision));
+        const stale: string[] = [];
+        for await (const k of await this.#views.keys()) if (!views.has(k)) stale.push(k);
+        await this.#writeViews(views, stale, cur.revision);
+        this.#reconciled = cur.revision;
+        await this.#loadCurrent(cur.revision, cur.record);
+      } finally {
+        this.#reconciling = undefined;
+      }
+    })();
+    return this.#reconciling;
+  }
+
+  async getSpec(req: api.GetSpecRequest): Promise<api.GetSpecResponse> {
+    const rev = Number(req.revision);
+    const e = rev ? await this.#spec.get(SPEC_KEY, { revision: rev }) : await this.#spec.get(SPEC_KEY);
+    if (!e || e.operation !== "PUT") {
+      if (rev) throw new NotFoundError("spec revision", String(rev));
+      return { error: undefined, revision: 0n, specYaml: "", appliedAt: undefined };
+    }
+    const r = e.json<SpecRecord>();
+    return { error: undefined, revision: BigInt(e.revision), specYaml: r.yaml, appliedAt: new Date(r.appliedAt) };
+  }
+
+  // ------------------------------------------------------------- status
+
+  async #onStatus(msg: Msg): Promise<void> {
+    const gw = msg.subject.split(".")[3]!;
+    const st = fleet.AgentStatus.decode(msg.data);
+    if (st.gateway !== gw) {
+      this.#o.log.warn({ subject: msg.subject, claimed: st.gateway }, "status for another gateway ignored");
+      return;
+    }
+    await this.#status.put(gw, msg.data);
+  }
+
+  async #onEvent(msg: Msg): Promise<void> {
+    const gw = msg.subject.split(".")[3]!;
+    const ev = fleet.AgentEvent.decode(msg.data);
+    if (ev.gateway !== gw || !ev.connection) return;
+    const clears = ev.kind === "child_up" || ev.kind === "ike_up";
+    if (!clears && !ev.code) return;
+    for (let i = 0; i < 10; i++) {
+      const e = await this.#events.get(gw);
+      const rec: EventRecord = e?.operation === "PUT" ? e.json<EventRecord>() : {};
+      if (clears) { if (!rec[ev.connection]) return; delete rec[ev.connection]; }
+      else rec[ev.connection] = { code: ev.code, message: ev.message, kind: ev.kind, time: (ev.time ?? this.#o.now()).toISOString() };
+      try {
+        const bytes = enc.encode(JSON.stringify(rec));
+        if (e) await this.#events.update(gw, bytes, e.revision);
+        else await this.#events.create(gw, bytes);
+        return;
+      } catch (err) {
+        if (!isWrongSequence(err)) throw err;
+      }
+    }
+  }
+
+  /** The fleet as the agents report it, against the current spec. */
+  fleetStatus(): api.FleetStatus {
+    const cur = this.#current;
+    const out: api.FleetStatus = { revision: BigInt(cur?.revision ?? 0), gateways: [], connections: [] };
+    if (!cur) return out;
+    const now = this.#o.now().getTime();
+    const viewRev = (gw: string): number => cur.record.state.views[gw]?.r || cur.revision;
+    for (const [name] of cur.fleet.gateways) {
+      const st = this.#statusCache.get(name);
+      const seen = st?.time?.getTime();
+      const applied = Number(st?.appliedRevision ?? 0n);
+      out.gateways.push({
+        name,
+        state: seen === undefined ? "never-seen" : now - seen <= this.#o.staleAfterMs ? "up" : "stale",
+        lastSeen: st?.time,
+        appliedRevision: BigInt(applied),
+        revisionLag: BigInt(applied >= viewRev(name) ? 0 : cur.revision - applied),
+        ikeSas: st?.ikeSas ?? 0,
+        childSas: st?.childSas ?? 0,
+        applyError: st?.applyError ?? "",
+      });
+    }
+    for (const c of cur.fleet.connections) {
+      c.gateways.forEach((gw, i) => {
+        const reported = this.#statusCache.get(gw)?.connections.find((x) => x.name === c.name);
+        const ev = this.#eventCache.get(gw)?.[c.name];
+        const evNewer = ev && (!reported?.lastChange || new Date(ev.time) > reported.lastChange);
+        out.connections.push({
+          name: c.name,
+          gateway: gw,
+          peer: c.peer ? c.peer.address : c.gateways[1 - i]!,
+          desired: c.options.start,
+          state: reported?.state || "unknown",
+          lastErrorCode: (evNewer ? ev.code : reported?.lastErrorCode) ?? "",
+          lastError: (evNewer ? ev.message : reported?.lastError) ?? "",
+        });
+      });
+    }
+    return out;
+  }
+
+  // ------------------------------------------------------------- enroll, commands
+
+  async enroll(req: api.EnrollGatewayRequest): Promise<api.EnrollGatewayResponse> {
+    if (!this.#current?.fleet.gateways.has(req.gateway)) throw new NotFoundError("gateway (in the current spec)", req.gateway);
+    const token = `fse1.${randomBytes(32).toString("base64url")}`;
+    const now = this.#o.now();
+    const expires = new Date(now.getTime() + (req.ttlSeconds || 3600) * 1000);
+    const ticket: EnrollTicket = { gateway: req.gateway, token_sha256: createHash("sha256").update(token).digest("hex"), created_at: now.toISOString(), expires_at: expires.toISOString() };
+    await this.#enroll.put(req.gateway, enc.encode(JSON.stringify(ticket)));
+    this.#o.log.info({ gateway: req.gateway, expires: ticket.expires_at }, "enrollment token created");
+    return { error: undefined, token, expiresAt: expires };
+  }
+
+  async command(req: api.ConnectionCommandRequest): Promise<api.ConnectionCommandResponse> {
+    const started = process.hrtime.bigint();
+    const verbs = ["up", "down", "route", "unroute", "barf"];
+    if (!verbs.includes(req.verb)) throw new FleetswanError("INVALID_ARGUMENT", `unknown verb "${req.verb}" (one of ${verbs.join(", ")})`);
+    const f = this.#current?.fleet;
+    let targets: string[];
+    let connection = "";
+    if (req.verb === "barf") {
+      if (!f?.gateways.has(req.target)) throw new NotFoundError("gateway", req.target);
+      targets = [req.target];
+    } else {
+      const c = f?.connections.find((x) => x.name === req.target);
+      if (!c) throw new NotFoundError("connection", req.target);
+      connection = c.name;
+      // One end initiates (like `ipsec auto --up` on one host); the others act on both ends.
+      targets = req.verb === "up" ? [c.gateways[0]!] : c.gateways;
+    }
+    const timeout = req.timeoutMs || 10_000;
+    const results = await Promise.all(targets.map(async (gw): Promise<api.GatewayCommandResult> => {
+      try {
+        const m = await this.#o.nc.request(subjects.command(gw), fleet.AgentCommand.encode({ verb: req.verb, connection, timeoutMs: timeout }).finish(), { timeout });
+        const r = fleet.AgentCommandReply.decode(m.data);
+        return { gateway: gw, ok: r.ok, code: r.code, message: r.message, bodyJson: r.bodyJson };
+      } catch (e) {
+        const msg = (e as Error).message;
+        return { gateway: gw, ok: false, code: /no responders/i.test(msg) ? "AGENT_UNREACHABLE" : "TIMEOUT", message: `agent of ${gw} did not answer (${msg})`, bodyJson: "" };
+      }
+    }));
+    this.#m.commandDuration.observe({ verb: req.verb }, Number(process.hrtime.bigint() - started) / 1e9);
+    return { error: undefined, results };
+  }
+
+  // ------------------------------------------------------------- API server
+
+  async #serve(msg: Msg): Promise<void> {
+    const method = msg.subject.split(".").pop()!;
+    let reply: Uint8Array;
+    try {
+      reply = await this.#dispatch(method, msg.data);
+    } catch (e) {
+      const err = apiError(e);
+      if (method === "ApplySpec") this.#m.applies.inc({ outcome: e instanceof SpecInvalidError ? "invalid" : e instanceof ConflictError ? "conflict" : "error" });
+      if (!(e instanceof FleetswanError)) this.#o.log.error({ err: e, method }, "API call failed");
+      else this.#o.log.info({ method, code: err.code, message: err.message }, "API call refused");
+      const h = natsHeaders();
+      h.set("Fleetswan-Error-Code", err.code);
+      h.set("Fleetswan-Error", encodeURIComponent(err.message));
+      reply = this.#errorReply(method, err);
+      if (msg.reply) msg.respond(reply, { headers: h });
+      return;
+    }
+    if (method === "ApplySpec") this.#m.applies.inc({ outcome: "ok" });
+    if (msg.reply) msg.respond(reply);
+  }
+
+  #errorReply(method: string, error: api.ApiError): Uint8Array {
+    switch (method) {
+      case "ApplySpec":
+      case "DiffSpec": return api.ApplySpecResponse.encode(api.ApplySpecResponse.fromPartial({ error })).finish();
+      case "GetSpec": return api.GetSpecResponse.encode(api.GetSpecResponse.fromPartial({ error })).finish();
+      case "EnrollGateway": return api.EnrollGatewayResponse.encode(api.EnrollGatewayResponse.fromPartial({ error })).finish();
+      case "ConnectionCommand": return api.ConnectionCommandResponse.encode(api.ConnectionCommandResponse.fromPartial({ error })).finish();
+      default: return new Uint8Array();
+    }
+  }
+
+  async #dispatch(method: string, data: Uint8Array): Promise<Uint8Array> {
+    switch (method) {
+      case "ApplySpec": return api.ApplySpecResponse.encode(await this.apply(api.ApplySpecRequest.decode(data))).finish();
+      case "DiffSpec": return api.ApplySpecResponse.encode(await this.apply(api.ApplySpecRequest.decode(data), true)).finish();
+      case "GetSpec": return api.GetSpecResponse.encode(await this.getSpec(api.GetSpecRequest.decode(data))).finish();
+      case "GetFleetStatus": return api.FleetStatus.encode(this.fleetStatus()).finish();
+      case "EnrollGateway": return api.EnrollGatewayResponse.encode(await this.enroll(api.EnrollGatewayRequest.decode(data))).finish();
+      case "ConnectionCommand": return api.ConnectionCommandResponse.encode(await this.command(api.ConnectionCommandRequest.decode(data))).finish();
+      default: throw new FleetswanError("UNIMPLEMENTED", `unknown Controller method "${method}"`);
+    }
+  }
+}
+

@@ -1,0 +1,59 @@
+/**
+ * Subjects and KV buckets of the control plane (docs/nats-layout.md is the contract;
+ * keymgr and the agents use the same names).
+ */
+import { SUBJECT_PREFIX } from "@fleetswan/common";
+
+export const BUCKET = {
+  /** Key "spec": the fleet spec revisions (SpecRecord JSON). Written by the controller only. */
+  spec: "fleet-spec",
+  /** Key "<gateway>": fleet.v1.GatewayView (protobuf). Written by the controller; each agent reads its own. */
+  views: "fleet-views",
+  /** Key "<gateway>": the latest fleet.v1.AgentStatus (protobuf) as received. */
+  status: "fleet-status",
+  /** Key "<gateway>": JSON, the last failure per connection from AgentEvents. */
+  events: "fleet-events",
+  /** Key "<gateway>": JSON EnrollTicket (hash of a one-time token). Read and deleted by keymgr. */
+  enroll: "fleet-enroll",
+} as const;
+
+export const SPEC_KEY = "spec";
+
+export const subjects = {
+  controllerApi: (method: string) => `${SUBJECT_PREFIX}.api.controller.${method}`,
+  controllerApiAll: `${SUBJECT_PREFIX}.api.controller.>`,
+  keymgrApi: (method: string) => `${SUBJECT_PREFIX}.api.keymgr.${method}`,
+  status: (gw: string) => `${SUBJECT_PREFIX}.gw.${gw}.status`,
+  statusAll: `${SUBJECT_PREFIX}.gw.*.status`,
+  events: (gw: string) => `${SUBJECT_PREFIX}.gw.${gw}.events`,
+  eventsAll: `${SUBJECT_PREFIX}.gw.*.events`,
+  command: (gw: string) => `${SUBJECT_PREFIX}.gw.${gw}.cmd`,
+};
+
+export const CONTROLLER_QUEUE = "controller";
+
+/** The controller's record of one spec revision (value of fleet-spec/spec). */
+export interface SpecRecord {
+  format: 1;
+  /** The spec as applied, with operator-supplied PSKs replaced by "@keymgr". */
+  yaml: string;
+  source: string;
+  appliedAt: string;
+  /** The revision the apply was based on (0 = first). */
+  base: number;
+  /** Host names resolved at apply time (agents never do DNS). */
+  resolved: Record<string, string[]>;
+  /** See render.ts RenderState (r = 0: this record's revision). */
+  state: import("./render.js").RenderState;
+  /** secret_ref -> fingerprint of the operator-supplied PSK last stored in keymgr. */
+  psks: Record<string, string>;
+}
+
+/** Value of fleet-enroll/<gateway>. */
+export interface EnrollTicket {
+  gateway: string;
+  /** SHA-256 (hex) of the UTF-8 token; the token itself is never stored. */
+  token_sha256: string;
+  created_at: string;
+  expires_at: string;
+}
