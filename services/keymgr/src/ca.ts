@@ -4,6 +4,7 @@
  * between services and NATS. The CA private key lives in the fleet-keys bucket,
  * encrypted with the master key, like every other secret.
  */
+import "reflect-metadata"; // @peculiar/x509 (tsyringe) needs it before it loads
 import { webcrypto, randomBytes } from "node:crypto";
 import { isIP } from "node:net";
 import * as x509 from "@peculiar/x509";
