@@ -35,6 +35,7 @@ import {
   saKey,
 } from "./backend.js";
 import { canonicalAddress } from "./xfrm/addr.js";
+import { policyToXfrm, saToXfrm } from "./xfrm/translate.js";
 import { BYPASS_IKE_PRIORITY, effectivePriority } from "./priority.js";
 
 export interface DataplaneOptions {
@@ -116,14 +117,9 @@ export class Dataplane {
   async start(): Promise<ReconcileResult> {
     this.load();
     this.unsubscribe = this.backend.onEvent((e) => this.onBackendEvent(e));
-    if (this.opts.ikeBypass !== false) {
-      for (const p of ikeBypassPolicies()) {
-        const k = policyKeyString(keyOf(p));
-        if (!this.policies.has(k)) this.policies.set(k, p);
-        this.knownPolicies.set(k, keyOf(p));
-      }
-    }
     const r = await this.reconcile();
+    // IKE bypass (first start: installed like any policy; later starts: already in the table).
+    if (this.opts.ikeBypass !== false) for (const p of ikeBypassPolicies()) await this.addPolicy(p);
     this.persist();
     const every = this.opts.driftIntervalMs ?? 10_000;
     if (every > 0) {
@@ -428,12 +424,16 @@ function normalizeSelector(s: dataplane.Selector | undefined, where: string): da
 function normalizeSa(sa: SecurityAssociation): SecurityAssociation {
   if (!sa.id) throw new ConfigError("SA needs an id", "AddSaRequest.sa.id");
   if (!isOwnedReqid(sa.reqid)) throw new ConfigError(`reqid ${sa.reqid} outside the owned range 1..0x7fffffff`, "AddSaRequest.sa.reqid");
-  return {
+  const out: SecurityAssociation = {
     ...sa,
     id: { dst: canonicalAddress(sa.id.dst), spi: sa.id.spi >>> 0, protocol: sa.id.protocol || 50 },
     src: canonicalAddress(sa.src),
     selector: sa.selector?.src ? normalizeSelector(sa.selector, "AddSaRequest.sa.selector") : undefined,
   };
+  // The API's rules are XFRM's (key sizes, algorithm pairs, replay window): one validator
+  // for every backend. Throws ConfigError without key bytes.
+  saToXfrm(out);
+  return out;
 }
 
 function normalizePolicy(p: Policy): Policy {
@@ -446,6 +446,7 @@ function normalizePolicy(p: Policy): Policy {
     template: t ? { ...t, src: t.src ? canonicalAddress(t.src) : "", dst: t.dst ? canonicalAddress(t.dst) : "", protocol: t.protocol || 50 } : undefined,
   };
   out.priority = effectivePriority(out);
+  policyToXfrm(out);
   return out;
 }
 

@@ -104,7 +104,7 @@ export class FakeBackend implements Backend {
     this.larval.delete(k);
     const prev = this.sas.get(k);
     this.sas.set(k, {
-      sa: structuredClone(sa),
+      sa: { ...structuredClone(sa), encryptionKey: Buffer.from(sa.encryptionKey), integrityKey: Buffer.from(sa.integrityKey) },
       counters: prev?.counters ?? { bytes: 0n, packets: 0n, replayErrors: 0n, integrityErrors: 0n, addedAt: new Date(), usedAt: undefined },
     });
     this.calls.push({ op: "addSa", object: describeSaId(id) });
