@@ -48,7 +48,7 @@ export class ControllerClient {
       m = await this.nc.request(subjects.controllerApi(method), body, { timeout: this.timeoutMs });
     } catch (e) {
       const msg = (e as Error).message;
-      throw new UnavailableError(/no responders/i.test(msg) ? "no controller is running (no responders on the Controller API)" : `controller did not answer ${method}: ${msg}`, { method }, { cause: e });
+      throw new UnavailableError(/no responders|^503$/i.test(msg) ? "no controller is running (no responders on the Controller API)" : `controller did not answer ${method}: ${msg}`, { method }, { cause: e });
     }
     const code = m.headers?.get("Fleetswan-Error-Code");
     if (code && method === "GetFleetStatus") throw new FleetswanError(code, decodeURIComponent(m.headers?.get("Fleetswan-Error") ?? ""));

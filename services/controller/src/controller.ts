@@ -480,7 +480,7 @@ export class Controller {
         return { gateway: gw, ok: r.ok, code: r.code, message: r.message, bodyJson: r.bodyJson };
       } catch (e) {
         const msg = (e as Error).message;
-        return { gateway: gw, ok: false, code: /no responders/i.test(msg) ? "AGENT_UNREACHABLE" : "TIMEOUT", message: `agent of ${gw} did not answer (${msg})`, bodyJson: "" };
+        return { gateway: gw, ok: false, code: /no responders|^503$/i.test(msg) ? "AGENT_UNREACHABLE" : "TIMEOUT", message: `agent of ${gw} did not answer (${msg})`, bodyJson: "" };
       }
     }));
     this.#m.commandDuration.observe({ verb: req.verb }, Number(process.hrtime.bigint() - started) / 1e9);
