@@ -149,13 +149,7 @@ export class FragmentReassembler {
     const plaintext = Buffer.concat(chunks);
     const innerFirst = this.innerFirst;
     this.reset();
-    let payloads: Payload[];
-    try {
-      payloads = decodePayloads(innerFirst, plaintext);
-    } catch (e) {
-      if (e instanceof IkeDecodeError) throw e;
-      throw e;
-    }
+    const payloads = decodePayloads(innerFirst, plaintext);
     return { status: "complete", innerFirst, plaintext, payloads };
   }
 }
