@@ -70,6 +70,15 @@ socklen_t MakeAddr(int family, const uint8_t* addr, size_t addrLen, int port, so
   return 0;
 }
 
+// Room for bursts: 4 MiB socket buffers. SO_*BUFFORCE (CAP_NET_ADMIN) passes the
+// net.core.rmem_max/wmem_max cap (212992 by default, which drops ESP bursts at ~150 packets);
+// without the capability the plain option is capped silently.
+void BigBuffers(int fd) {
+  int sz = 4 << 20;
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &sz, sizeof(sz)) < 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) < 0) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+}
+
 Napi::Value OpenTun(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string name = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
@@ -118,9 +127,7 @@ Napi::Value UdpSocket(const Napi::CallbackInfo& info) {
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   if (family == 6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-  int sz = 4 << 20;  // room for bursts: the kernel caps this at net.core.rmem_max / wmem_max
-  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
-  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+  BigBuffers(fd);
   if (bind(fd, reinterpret_cast<sockaddr*>(&ss), sl) < 0) {
     int err = errno;
     close(fd);
@@ -168,9 +175,7 @@ Napi::Value RawEspSocket(const Napi::CallbackInfo& info) {
       return env.Null();
     }
   }
-  int sz = 4 << 20;
-  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
-  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+  BigBuffers(fd);
   return Napi::Number::New(env, fd);
 }
 
