@@ -155,7 +155,7 @@ test("controller: two replicas, concurrent applies: exactly one wins per base re
   for (let round = 0; round < 3; round++) {
     const base = (await client.getSpec()).revision;
     const attempts = await Promise.all(Array.from({ length: 8 }, (_, i) => client.apply({
-      specYaml: SPECK().replace("subnets: [172.16.0.0/24]", `subnets: [172.16.${round * 10 + i}.0/24]`),
+      specYaml: SPECK().replace("subnets: [172.16.0.0/24]", `subnets: [172.16.${round * 10 + i + 1}.0/24]`),
       sourceName: `fleet-${i}.yaml`,
       baseRevision: base,
     })));
@@ -166,7 +166,7 @@ test("controller: two replicas, concurrent applies: exactly one wins per base re
     const winner = attempts.indexOf(wins[0]!);
     const v = await views(nc);
     const partner = v.get("gw-a")!.view.connections.find((c) => c.name === "partner")!;
-    assert.deepEqual(partner.remote!.subnets, [`172.16.${round * 10 + winner}.0/24`], "gw-a's view shows the winner's spec");
+    assert.deepEqual(partner.remote!.subnets, [`172.16.${round * 10 + winner + 1}.0/24`], "gw-a's view shows the winner's spec");
     assert.equal(v.get("gw-a")!.view.revision, wins[0]!.revision);
   }
   // both replicas reconcile the same revision without writing anything
