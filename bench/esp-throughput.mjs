@@ -1,0 +1,119 @@
+#!/usr/bin/env node
+// Throughput through a fleetswan userspace-esp tunnel vs strongSwan kernel-libipsec, same
+// machine, same run, same topology (two netns over a veth, 10.1.0.1 -> 10.2.0.1, AES-GCM-256,
+// ESP-in-UDP/4500). iperf3 TCP and UDP with 1400-octet datagrams. Prints Mbit/s, TCP
+// retransmits, UDP loss, CPU seconds per Gbit of the two ESP endpoints (our two node
+// processes; the two charon processes) and the ratio. Run as root after `npm run build`.
+//   node bench/esp-throughput.mjs [--secs 10] [--udp-rate 2G] [--alg aes-gcm-256] [--no-libipsec]
+import { execFileSync, spawn } from "node:child_process";
+import { readFileSync, readdirSync } from "node:fs";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { dirname, join } from "node:path";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const dist = join(root, "services/dataplane/dist/test/userspace");
+const { createLab, Peer } = await import(join(dist, "netlab.js"));
+const { makeSpec } = await import(join(dist, "tunnel-config.js"));
+
+const args = process.argv.slice(2);
+const opt = (n, d) => { const i = args.indexOf(`--${n}`); return i >= 0 ? args[i + 1] : d; };
+const SECS = Number(opt("secs", "10"));
+const UDP_RATE = opt("udp-rate", "2G");
+const ALG = opt("alg", "aes-gcm-256");
+const LIBIPSEC = !args.includes("--no-libipsec");
+const RECIPE = opt("libipsec-script", "/work/shared/peers/strongswan-libipsec-pair.sh");
+const TICK = 100; // USER_HZ
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const cpuOf = (pid) => { try { const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" "); return (Number(f[11]) + Number(f[12])) / TICK; } catch { return undefined; } };
+
+/** CPU seconds used by processes matching `pred(comm, pid)` while `fn` runs (sampled every 200 ms). */
+async function cpuDuring(pred, fn) {
+  const start = new Map(), last = new Map();
+  const sample = () => {
+    for (const d of readdirSync("/proc")) {
+      if (!/^\d+$/.test(d)) continue;
+      let comm; try { comm = readFileSync(`/proc/${d}/comm`, "utf8").trim(); } catch { continue; }
+      if (!pred(comm, Number(d))) continue;
+      const c = cpuOf(d); if (c === undefined) continue;
+      if (!start.has(d)) start.set(d, c);
+      last.set(d, c);
+    }
+  };
+  sample();
+  const iv = setInterval(sample, 200);
+  try { const r = await fn(); sample(); return { r, cpu: [...last].reduce((s, [p, c]) => s + c - start.get(p), 0) }; } finally { clearInterval(iv); }
+}
+
+function iperf(nsA, nsB, udp) {
+  const srv = spawn("ip", ["netns", "exec", nsB, "iperf3", "-s", "-1", "-B", "10.2.0.1"], { stdio: "ignore" });
+  execFileSync("sleep", ["0.7"]);
+  const a = ["netns", "exec", nsA, "iperf3", "-c", "10.2.0.1", "-B", "10.1.0.1", "-t", String(SECS), "-J"];
+  if (udp) a.push("-u", "-b", UDP_RATE, "-l", "1400");
+  return new Promise((resolve) => {
+    let out = "";
+    const c = spawn("ip", a, { stdio: ["ignore", "pipe", "inherit"] });
+    c.stdout.on("data", (d) => (out += d));
+    c.on("exit", () => {
+      srv.kill();
+      try {
+        const j = JSON.parse(out);
+        if (udp) {
+          const s = j.end.sum;
+          resolve({ mbit: s.bits_per_second * (1 - s.lost_percent / 100) / 1e6, sentMbit: s.bits_per_second / 1e6, lost: s.lost_percent, bytes: s.bytes * (1 - s.lost_percent / 100) });
+        } else {
+          resolve({ mbit: j.end.sum_received.bits_per_second / 1e6, retransmits: j.end.sum_sent.retransmits, bytes: j.end.sum_received.bytes });
+        }
+      } catch { resolve({ mbit: 0, error: out.slice(0, 300) }); }
+    });
+  });
+}
+
+async function ours() {
+  const lab = createLab(`bench${process.pid}`);
+  const spec = makeSpec(ALG, true);
+  const pa = new Peer(lab.a, spec, "a"), pb = new Peer(lab.b, spec, "b");
+  try {
+    await Promise.all([pa.ready(), pb.ready()]);
+    const pids = new Set([pa.proc.pid, pb.proc.pid]);
+    const res = {};
+    for (const udp of [false, true]) {
+      const { r, cpu } = await cpuDuring((_c, pid) => pids.has(pid), () => iperf(lab.a, lab.b, udp));
+      res[udp ? "udp" : "tcp"] = { ...r, cpuPerGbit: cpu / ((r.bytes * 8) / 1e9) };
+    }
+    res.drops = (await pb.stats()).stats.drops;
+    return res;
+  } finally { pa.stop(); pb.stop(); await sleep(500); lab.destroy(); }
+}
+
+async function libipsec() {
+  // start the recipe with --keep, run our own iperf3 in its namespaces, then press Enter
+  const p = spawn("bash", [RECIPE, "--keep"], { stdio: ["pipe", "pipe", "pipe"] });
+  let log = "";
+  p.stderr.on("data", (d) => (log += d));
+  const ns = await new Promise((resolve, reject) => {
+    createInterface({ input: p.stdout }).on("line", (l) => { log += l + "\n"; const m = /^netns: (\S+) (\S+);/.exec(l); if (m) resolve([m[1], m[2]]); });
+    p.on("exit", (c) => reject(new Error(`libipsec recipe exited ${c}: ${log.slice(-800)}`)));
+  });
+  const res = {};
+  try {
+    for (const udp of [false, true]) {
+      const { r, cpu } = await cpuDuring((comm) => comm === "charon", () => iperf(ns[0], ns[1], udp));
+      res[udp ? "udp" : "tcp"] = { ...r, cpuPerGbit: cpu / ((r.bytes * 8) / 1e9) };
+    }
+  } finally { p.stdin.end("\n"); await new Promise((r) => p.once("exit", r)); }
+  return res;
+}
+
+const f = (x, d = 0) => (x === undefined || Number.isNaN(x) ? "-" : x.toFixed(d));
+console.log(`esp-throughput: ${ALG}, ESP-in-UDP/4500, ${SECS} s per test, UDP -l 1400 -b ${UDP_RATE}; ${(await import("node:os")).cpus().length} CPUs, load ${(await import("node:os")).loadavg()[0].toFixed(2)}`);
+const us = await ours();
+const them = LIBIPSEC ? await libipsec() : undefined;
+const row = (name, r) => console.log(`${name.padEnd(28)} TCP ${f(r.tcp.mbit).padStart(6)} Mbit/s  retr ${String(r.tcp.retransmits ?? "-").padStart(6)}  CPU ${f(r.tcp.cpuPerGbit, 2).padStart(6)} s/Gbit | UDP ${f(r.udp.mbit).padStart(6)} Mbit/s (offered ${f(r.udp.sentMbit)}, lost ${f(r.udp.lost, 1)} %)  CPU ${f(r.udp.cpuPerGbit, 2)} s/Gbit`);
+row("fleetswan userspace-esp", us);
+if (them) {
+  row("strongSwan kernel-libipsec", them);
+  console.log(`ratio fleetswan/libipsec: TCP ${f(us.tcp.mbit / them.tcp.mbit, 2)}x, UDP ${f(us.udp.mbit / them.udp.mbit, 2)}x (goal >= 3x)`);
+}
+console.log(`fleetswan receiver drops: ${JSON.stringify(Object.fromEntries(Object.entries(us.drops).filter(([, v]) => v)))}`);
