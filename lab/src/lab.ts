@@ -497,6 +497,7 @@ export class Lab {
 
 export class DaemonDied extends Error {
   readonly code = "LAB_DAEMON_DIED";
+  readonly fatal = true;
   constructor(readonly daemon: string, readonly log: string) {
     super(`${daemon} is not running (exited?); last lines of ${log}:\n${tail(log, 40)}`);
   }

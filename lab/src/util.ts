@@ -54,7 +54,10 @@ export const inNs = (ns: string, argv: readonly string[]): string[] => ["ip", "n
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** Poll until probe() is truthy; throws after timeoutMs naming `what` and the last error. */
+/**
+ * Poll until probe() is truthy; throws after timeoutMs naming `what` and the last error.
+ * A probe error with `fatal: true` (e.g. the daemon died) ends the wait at once.
+ */
 export async function waitFor<T>(
   what: string,
   probe: () => Promise<T | undefined | null | false> | T | undefined | null | false,
@@ -67,6 +70,7 @@ export async function waitFor<T>(
       const v = await probe();
       if (v) return v;
     } catch (e) {
+      if ((e as { fatal?: boolean }).fatal) throw e;
       last = e;
     }
     if (Date.now() > deadline) {
