@@ -260,6 +260,16 @@ export async function loadCliCommands(): Promise<{ commands?: CliCommandInfo[]; 
 }
 
 /**
+ * Whether services/NAME/src/index.ts exports any command yet (`commands: CliCommand[] = []`
+ * is the skeleton every service started from).
+ */
+export function registersAnything(service: string): boolean {
+  const index = join(ROOT, "services", service, "src", "index.ts");
+  if (!existsSync(index)) return false;
+  return !/export const commands:\s*CliCommand\[\]\s*=\s*\[\s*\]/.test(readFileSync(index, "utf8"));
+}
+
+/**
  * Problems with one invocation of the CLI (`fleetswan ARGS`): the command must be
  * registered and every --flag must appear in its usage text.
  */
