@@ -29,6 +29,14 @@ export interface FleetStatusJson {
   connections?: { name: string; gateway: string; peer: string; desired: string; state: string; lastErrorCode?: string; lastError?: string }[];
 }
 
+export interface InstalledSa {
+  connection: string;
+  spi: string;
+  dst: string;
+  direction: string;
+  encryption: string;
+}
+
 /** One daemon of the lab, as stored in state.json (so any process can restart it). */
 export interface DaemonDef {
   name: string;
@@ -140,6 +148,33 @@ export class Lab {
 
   renderSpec(o: SpecOptions = {}): string {
     return renderLabSpec(this.c, { topology: this.topology, ...o });
+  }
+
+  /**
+   * The SAs a fleet gateway's dataplane holds (from its persisted desired state; key
+   * material is not returned): connection, SPI (hex), direction, encryption.
+   */
+  installedSas(gateway: string): InstalledSa[] {
+    const f = join(gatewayDir(this.c, this.gw(gateway)), "dataplane-state.json");
+    if (!existsSync(f)) return [];
+    const st = JSON.parse(readFileSync(f, "utf8")) as { sas?: Record<string, any>[] };
+    return (st.sas ?? []).map((s) => ({
+      connection: String(s.connection ?? ""),
+      spi: Number(s.id?.spi ?? 0).toString(16).padStart(8, "0"),
+      dst: String(s.id?.dst ?? ""),
+      direction: String(s.direction ?? ""),
+      encryption: String(s.encryption ?? ""),
+    }));
+  }
+
+  /** SPIs per connection on a fleet gateway (sorted), to compare before/after a change. */
+  spisByConnection(gateway: string): Map<string, string[]> {
+    const m = new Map<string, string[]>();
+    for (const sa of this.installedSas(gateway)) {
+      const k = sa.connection.split("/")[0]!;
+      m.set(k, [...(m.get(k) ?? []), sa.spi].sort());
+    }
+    return m;
   }
 
   // ------------------------------------------------------------ daemons --
