@@ -25,16 +25,21 @@ WORKDIR /src
 COPY package.json package-lock.json ./
 COPY packages/ packages/
 COPY services/ services/
+# Workspaces whose code the image does not need: their manifests only (npm ci wants every
+# workspace of package.json; test/ops/dockerfile.test.ts checks that none is missing).
 COPY test/package.json test/package.json
+COPY lab/package.json lab/package.json
 # --ignore-scripts: no third-party install scripts run; the one native addon we need is
 # built explicitly below.
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.base.json tsconfig.json ./
 COPY bin/ bin/
-# The dataplane's N-API addon (node-addon-api + node-gyp, which ships with npm).
-RUN if [ -f services/dataplane/binding.gyp ]; then \
-      cd services/dataplane && node /usr/local/lib/node_modules/npm/node_modules/node-gyp/bin/node-gyp.js rebuild; \
-    else echo "services/dataplane/binding.gyp not present: no native addon to build"; fi
+# Native code, built here for this image's Node and libc: the dataplane's N-API addon
+# (services/dataplane/native, node-addon-api; its "build:native" script runs node-gyp, which
+# npm provides) and the netlink package's binding (node-gyp-build: its prebuilt binary or a
+# local build).
+RUN npm run build:native -w @fleetswan/dataplane \
+ && npm rebuild netlink
 # The CLI references every service: this compiles all four and their libraries.
 RUN npx tsc -b packages/cli
 # Runtime dependencies only, and no TypeScript build state.

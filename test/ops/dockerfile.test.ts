@@ -87,14 +87,28 @@ test("Dockerfile: every COPY source exists (build context) or names an earlier s
   }
 });
 
+test("Dockerfile: the builder stage gets every npm workspace's package.json before npm ci", () => {
+  const workspaces = (JSON.parse(readText("package.json")) as { workspaces: string[] }).workspaces;
+  const builder = stages[0]!.instrs;
+  const ci = builder.findIndex((i) => i.op === "RUN" && /npm ci/.test(i.args));
+  const copied = builder.slice(0, ci).filter((i) => i.op === "COPY").flatMap((i) => i.args.split(/\s+/).filter((p) => !p.startsWith("--")).slice(0, -1)).map((p) => p.replace(/\/$/, ""));
+  for (const w of workspaces) {
+    const ok = copied.some((c) => c === `${w}/package.json` || w === c || w.startsWith(c + "/"));
+    assert.ok(ok, `workspace ${w}: its package.json is not copied before npm ci`);
+  }
+});
+
 test("Dockerfile: the native addon and TypeScript are built in the builder stage only", () => {
   const runs = stages[0]!.instrs.filter((i) => i.op === "RUN").map((i) => i.args).join("\n");
   assert.match(runs, /npm ci/);
-  assert.match(runs, /node-gyp/);
+  assert.match(runs, /npm run build:native -w @fleetswan\/dataplane/);
+  const dp = JSON.parse(readText("services/dataplane/package.json")) as { scripts?: Record<string, string> };
+  assert.match(dp.scripts?.["build:native"] ?? "", /node-gyp/, "services/dataplane has a build:native script that runs node-gyp");
+  assert.ok(existsSync(join(ROOT, "services/dataplane/native/binding.gyp")), "the addon's binding.gyp");
   assert.match(runs, /tsc -b packages\/cli/);
   assert.match(runs, /npm prune --omit=dev/);
   const runtimeRuns = finalStage.instrs.filter((i) => i.op === "RUN").map((i) => i.args).join("\n");
-  assert.doesNotMatch(runtimeRuns, /npm (ci|install)|node-gyp|tsc/, "the runtime stage compiles nothing");
+  assert.doesNotMatch(runtimeRuns, /npm (ci|install|rebuild|run)|node-gyp|tsc/, "the runtime stage compiles nothing");
   assert.ok(existsSync(join(ROOT, "packages/cli/tsconfig.json")));
 });
 
