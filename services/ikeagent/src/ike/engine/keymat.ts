@@ -1,0 +1,68 @@
+/**
+ * The engine's keymat (strongSwan's keymat_v2): thin glue over src/ike/crypto that keeps
+ * the IKE SA's keys and answers the questions tasks ask (derive IKE/CHILD keys, AUTH
+ * octets, PSK AUTH, NAT-D hashes). Keys never leave this object except to the dataplane.
+ */
+import { deriveChildKeys, deriveIkeKeys, prf, rekeySkeyseed, skeyseed, type ChildSaKeys, type IkeSaKeys } from "../crypto/prf.js";
+import { ikeSaCiphers } from "../crypto/sk.js";
+import type { NegotiatedAlgorithms } from "../proposal.js";
+import type { SkCipher } from "../wire/index.js";
+
+export class Keymat {
+  readonly alg: NegotiatedAlgorithms;
+  readonly #keys: IkeSaKeys;
+  readonly out: SkCipher;
+  readonly in: SkCipher;
+
+  private constructor(alg: NegotiatedAlgorithms, keys: IkeSaKeys, weAreInitiator: boolean) {
+    this.alg = alg;
+    this.#keys = keys;
+    const c = ikeSaCiphers({ encr: alg.encr, encrKeyBits: alg.encrKeyBits, integ: alg.integ }, keys, weAreInitiator);
+    this.out = c.out;
+    this.in = c.in;
+  }
+
+  /** RFC 7296 §2.14: SKEYSEED = prf(Ni | Nr, g^ir); {SK_d, SK_a*, SK_e*, SK_p*} = prf+(SKEYSEED, Ni | Nr | SPIi | SPIr). */
+  static initial(alg: NegotiatedAlgorithms, shared: Buffer, ni: Buffer, nr: Buffer, spiI: Buffer, spiR: Buffer, weAreInitiator: boolean): Keymat {
+    const seed = skeyseed(alg.prf, ni, nr, shared);
+    const keys = deriveIkeKeys(alg, seed, ni, nr, spiI, spiR);
+    seed.fill(0);
+    return new Keymat(alg, keys, weAreInitiator);
+  }
+
+  /** RFC 7296 §2.18: SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr) with the old SA's PRF. */
+  rekeyed(alg: NegotiatedAlgorithms, shared: Buffer, ni: Buffer, nr: Buffer, spiI: Buffer, spiR: Buffer, weAreInitiator: boolean): Keymat {
+    const seed = rekeySkeyseed(this.alg.prf, this.#keys.skD, shared, ni, nr);
+    const keys = deriveIkeKeys(alg, seed, ni, nr, spiI, spiR);
+    seed.fill(0);
+    return new Keymat(alg, keys, weAreInitiator);
+  }
+
+  /** RFC 7296 §2.17: KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr). */
+  childKeys(esp: NegotiatedAlgorithms, ni: Buffer, nr: Buffer, pfsShared?: Buffer): ChildSaKeys {
+    return deriveChildKeys(this.alg.prf, this.#keys.skD, { encr: esp.encr, encrKeyBits: esp.encrKeyBits, integ: esp.integ }, ni, nr, pfsShared);
+  }
+
+  /**
+   * RFC 7296 §2.15: the octets an AUTH signs or MACs:
+   *   InitiatorSignedOctets = RealMessage1 | NonceRData | prf(SK_pi, RestOfInitIDPayload)
+   *   ResponderSignedOctets = RealMessage2 | NonceIData | prf(SK_pr, RestOfRespIDPayload)
+   * `ofInitiator`: whose AUTH (the initiator's uses SK_pi).
+   */
+  authOctets(ofInitiator: boolean, realMessage: Buffer, nonce: Buffer, idBody: Buffer): Buffer {
+    const key = ofInitiator ? this.#keys.skPi : this.#keys.skPr;
+    return Buffer.concat([realMessage, nonce, prf(this.alg.prf, key, idBody)]);
+  }
+
+  /** RFC 7296 §2.15: AUTH = prf( prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>). */
+  pskAuth(psk: Buffer, octets: Buffer): Buffer {
+    return prf(this.alg.prf, prf(this.alg.prf, psk, Buffer.from("Key Pad for IKEv2")), octets);
+  }
+
+  wipe(): void {
+    for (const k of Object.values(this.#keys)) (k as Buffer).fill(0);
+  }
+}
+
+/** RFC 7296 §2.23 NAT-D and §2.6 cookies come from the crypto library as they are. */
+export { natDetectionHash as natdHash, CookieJar } from "../crypto/index.js";

@@ -1,0 +1,352 @@
+/**
+ * The task manager of one IKE SA (strongSwan's task_manager_v2): it owns what every
+ * exchange shares — message IDs, the request window, retransmission, the cached last
+ * response, and the queue of tasks waiting to initiate an exchange.
+ *
+ * Message IDs (RFC 7296 §2.2): we number our requests from 0 (`myMid`); we expect the
+ * peer's requests in order (`peerMid`). A request with the previous ID is a retransmit:
+ * we resend the cached response without processing it again (§2.1). Anything else is
+ * dropped.
+ *
+ * Window size 1 (§2.3, no SET_WINDOW_SIZE): one request of ours outstanding at a time.
+ * The peer's requests are answered independently, which is how collisions (§2.8.1,
+ * §2.25) arise; tasks resolve them with the help of `active`.
+ *
+ * Retransmission (§2.1, schedule as strongSwan's charon.retransmit_*): the request is
+ * resent after timeout(n) = base × 1.8^n seconds for n = 0..tries-1, and the exchange
+ * fails after the last timeout. With the defaults (4 s, 1.8, 5 tries):
+ *
+ *   send at 0 s, resend at 4, 11.2, 24.2, 47.6, 89.7 s, give up at 165.5 s.
+ *
+ * A task may set `deadlineMs` (DPD: the dpd_timeout) to give up earlier.
+ */
+import type { Logger } from "@fleetswan/common";
+import {
+  encodeMessage,
+  ExchangeType,
+  IkeDecodeError,
+  IkeIntegrityError,
+  nameOf,
+  NotifyType,
+  openMessage,
+  PayloadType,
+  sealMessage,
+  type DecodedMessage,
+  type IkeHeader,
+  type Payload,
+} from "../wire/index.js";
+import { IkeFailure, Reason } from "./failure.js";
+import type { IkeSa } from "./sa.js";
+
+export type TaskType = "ike_init" | "ike_auth" | "child_create" | "child_rekey" | "ike_rekey" | "child_delete" | "ike_delete" | "ike_dpd";
+
+/** An exchange this side initiates. */
+export interface Task {
+  readonly type: TaskType;
+  readonly exchange: number;
+  /** Give up after this many ms even if retransmits are left (DPD timeout). */
+  readonly deadlineMs?: number;
+  /** Builds the request payloads. Throwing IkeFailure fails the task without sending. */
+  build(sa: IkeSa): Promise<Payload[]>;
+  /** Processes the response; "retry" sends a new request built by build() (IKE_SA_INIT with COOKIE or a new KE group). */
+  process(sa: IkeSa, payloads: Payload[], msg: DecodedMessage): Promise<"done" | "retry">;
+  /** The exchange failed (timeout, error); the SA may be gone. */
+  failed(sa: IkeSa, err: IkeFailure): Promise<void>;
+}
+
+/** The answer to a peer's request, and what to do once it is sent. */
+export interface Response {
+  payloads: Payload[];
+  after?: () => Promise<void>;
+}
+
+export interface RetransmitConfig {
+  /** First timeout, ms (strongSwan retransmit_timeout = 4 s). */
+  timeoutMs: number;
+  /** Backoff base (retransmit_base = 1.8). */
+  base: number;
+  /** Retransmissions before giving up (retransmit_tries = 5). */
+  tries: number;
+}
+
+export const DEFAULT_RETRANSMIT: RetransmitConfig = { timeoutMs: 4000, base: 1.8, tries: 5 };
+
+/** What the task manager needs from the engine. */
+export interface TaskManagerHost {
+  log: Logger;
+  retransmit: RetransmitConfig;
+  send(sa: IkeSa, packet: Buffer): void;
+  /** Responder side: process a request of the peer (dispatch by exchange and content). */
+  respond(sa: IkeSa, exchange: number, payloads: Payload[], msg: DecodedMessage): Promise<Response | undefined>;
+  /** A request of ours was retransmitted. */
+  onRetransmit(sa: IkeSa, task: Task): void;
+}
+
+interface Active {
+  task: Task;
+  mid: number;
+  packet: Buffer;
+  retransmits: number;
+  timer?: NodeJS.Timeout;
+  startedAt: number;
+}
+
+export class TaskManager {
+  #queue: Task[] = [];
+  #active: Active | undefined;
+  #myMid = 0;
+  #peerMid = 0;
+  #lastResponse: { mid: number; packet: Buffer } | undefined;
+  #destroyed = false;
+
+  constructor(
+    private readonly sa: IkeSa,
+    private readonly host: TaskManagerHost,
+  ) {}
+
+  /** The exchange we are waiting for, if any. */
+  get active(): Task | undefined {
+    return this.#active?.task;
+  }
+  get queued(): readonly Task[] {
+    return this.#queue;
+  }
+  /** Next message IDs (for tests and status). */
+  get mids(): { mine: number; peer: number } {
+    return { mine: this.#myMid, peer: this.#peerMid };
+  }
+
+  /** Queues a task and starts it when the window is free. */
+  queue(task: Task, front = false): void {
+    if (this.#destroyed) return;
+    if (front) this.#queue.unshift(task);
+    else this.#queue.push(task);
+    void this.initiate();
+  }
+
+  /** Removes queued tasks matching `pred` (not the active one). */
+  dequeue(pred: (t: Task) => boolean): void {
+    this.#queue = this.#queue.filter((t) => !pred(t));
+  }
+
+  /** Starts the next task if no request is outstanding. */
+  async initiate(): Promise<void> {
+    if (this.#destroyed || this.#active || this.#queue.length === 0) return;
+    const task = this.#queue.shift()!;
+    // Reserve the window before the async build so a second call cannot start another.
+    const active: Active = { task, mid: this.#myMid, packet: Buffer.alloc(0), retransmits: 0, startedAt: Date.now() };
+    this.#active = active;
+    await this.#buildAndSend(active);
+  }
+
+  async #buildAndSend(active: Active): Promise<void> {
+    let payloads: Payload[];
+    try {
+      payloads = await active.task.build(this.sa);
+    } catch (err) {
+      this.#active = undefined;
+      await this.#fail(active.task, toFailure(err));
+      void this.initiate();
+      return;
+    }
+    if (this.#destroyed || this.#active !== active) return;
+    active.packet = this.#encode(active.task.exchange, active.mid, false, payloads);
+    active.retransmits = 0;
+    this.host.log.debug({ sa: this.sa.uniqueId, exchange: nameOf(ExchangeType, active.task.exchange), mid: active.mid, payloads: summarize(payloads) }, "sending request");
+    this.host.send(this.sa, active.packet);
+    this.#arm(active);
+  }
+
+  #arm(active: Active): void {
+    const { timeoutMs, base, tries } = this.host.retransmit;
+    const timeout = timeoutMs * Math.pow(base, active.retransmits);
+    active.timer = setTimeout(() => {
+      if (this.#active !== active || this.#destroyed) return;
+      const elapsed = Date.now() - active.startedAt;
+      const deadline = active.task.deadlineMs;
+      if (active.retransmits >= tries || (deadline !== undefined && elapsed >= deadline)) {
+        this.#active = undefined;
+        this.host.log.info({ sa: this.sa.uniqueId, conn: this.sa.name, exchange: nameOf(ExchangeType, active.task.exchange), retransmits: active.retransmits, seconds: Math.round(elapsed / 100) / 10 },
+          `giving up after ${active.retransmits} retransmits: no answer from ${this.sa.remote.address}:${this.sa.remote.port} (check that the peer is up and UDP 500/4500 pass)`);
+        void this.#fail(active.task, new IkeFailure(Reason.TIMEOUT, `no response from ${this.sa.remote.address} to ${nameOf(ExchangeType, active.task.exchange)} after ${active.retransmits} retransmits`));
+        return;
+      }
+      active.retransmits++;
+      this.host.onRetransmit(this.sa, active.task);
+      this.host.log.debug({ sa: this.sa.uniqueId, mid: active.mid, n: active.retransmits }, "retransmitting request");
+      this.host.send(this.sa, active.packet);
+      this.#arm(active);
+    }, deadlineClip(timeout, active));
+    active.timer.unref?.();
+  }
+
+  async #fail(task: Task, err: IkeFailure): Promise<void> {
+    try {
+      await task.failed(this.sa, err);
+    } catch (e) {
+      this.host.log.error({ err: e, sa: this.sa.uniqueId }, "task failure handler threw");
+    }
+  }
+
+  /** Encodes (and for all but IKE_SA_INIT, seals) a message of this SA. */
+  #encode(exchange: number, mid: number, response: boolean, payloads: Payload[]): Buffer {
+    const header: IkeHeader = { spiI: this.sa.spiI, spiR: this.sa.spiR, exchangeType: exchange, messageId: mid, initiator: this.sa.initiator, response };
+    if (exchange === ExchangeType.IKE_SA_INIT) return encodeMessage(header, payloads);
+    if (!this.sa.keymat) throw new Error("no keys for a protected message");
+    return sealMessage(header, payloads, this.sa.keymat.out);
+  }
+
+  /** The responder's IKE_SA_INIT response was sent outside (by the engine): account for it. */
+  initResponded(packet: Buffer): void {
+    this.#peerMid = 1;
+    this.#lastResponse = { mid: 0, packet };
+  }
+
+  /** The IKE_SA_INIT exchange of the initiator completed (ike_init done): message ID 1 next. */
+  initCompleted(): void {
+    this.#myMid = Math.max(this.#myMid, 1);
+  }
+
+  /** Handles a message of this SA (already matched by SPI). Serialized by the engine. */
+  async handle(msg: DecodedMessage): Promise<void> {
+    if (this.#destroyed) return;
+    const h = msg.header;
+    if (h.response) await this.#handleResponse(msg);
+    else await this.#handleRequest(msg);
+  }
+
+  #open(msg: DecodedMessage): Payload[] | undefined {
+    if (msg.header.exchangeType === ExchangeType.IKE_SA_INIT) return msg.payloads;
+    if (!this.sa.keymat) return undefined;
+    try {
+      return openMessage(msg, this.sa.keymat.in);
+    } catch (err) {
+      if (err instanceof IkeIntegrityError) {
+        // §2.21.2: an integrity failure is dropped silently (logged, not answered).
+        this.host.log.info({ sa: this.sa.uniqueId, mid: msg.header.messageId }, "dropping message: integrity check failed");
+        return undefined;
+      }
+      throw err;
+    }
+  }
+
+  async #handleResponse(msg: DecodedMessage): Promise<void> {
+    const active = this.#active;
+    if (!active || msg.header.messageId !== active.mid || msg.header.exchangeType !== active.task.exchange) {
+      this.host.log.debug({ sa: this.sa.uniqueId, mid: msg.header.messageId }, "dropping unexpected response");
+      return;
+    }
+    let payloads: Payload[] | undefined;
+    try {
+      payloads = this.#open(msg);
+    } catch (err) {
+      this.host.log.info({ sa: this.sa.uniqueId, err: (err as Error).message }, "dropping malformed response");
+      return;
+    }
+    if (!payloads) return;
+    clearTimeout(active.timer);
+    this.sa.lastInbound = Date.now();
+    let result: "done" | "retry";
+    try {
+      result = await active.task.process(this.sa, payloads, msg);
+    } catch (err) {
+      if (this.#active === active) {
+        this.#active = undefined;
+        if (active.task.exchange !== ExchangeType.IKE_SA_INIT) this.#myMid = active.mid + 1;
+      }
+      await this.#fail(active.task, toFailure(err));
+      void this.initiate();
+      return;
+    }
+    if (this.#active !== active) return;
+    if (result === "retry") {
+      // IKE_SA_INIT again (COOKIE / INVALID_KE_PAYLOAD): same message ID 0.
+      active.startedAt = Date.now();
+      await this.#buildAndSend(active);
+      return;
+    }
+    this.#active = undefined;
+    this.#myMid = active.mid + 1;
+    void this.initiate();
+  }
+
+  async #handleRequest(msg: DecodedMessage): Promise<void> {
+    const mid = msg.header.messageId;
+    if (this.#lastResponse && mid === this.#lastResponse.mid) {
+      // §2.1: a retransmitted request: send the same response again, do not process.
+      this.host.log.debug({ sa: this.sa.uniqueId, mid }, "retransmitting cached response");
+      this.host.send(this.sa, this.#lastResponse.packet);
+      return;
+    }
+    if (mid !== this.#peerMid) {
+      this.host.log.debug({ sa: this.sa.uniqueId, mid, expected: this.#peerMid }, "dropping request with unexpected message ID");
+      return;
+    }
+    let payloads: Payload[] | undefined;
+    let response: Response | undefined;
+    try {
+      payloads = this.#open(msg);
+      if (!payloads) return;
+      this.sa.lastInbound = Date.now();
+      response = await this.host.respond(this.sa, msg.header.exchangeType, payloads, msg);
+    } catch (err) {
+      if (err instanceof IkeDecodeError) {
+        // §2.21.2 / §3.10.1: protected malformed request -> INVALID_SYNTAX.
+        response = { payloads: [notify(NotifyType.INVALID_SYNTAX)] };
+      } else {
+        this.host.log.error({ err, sa: this.sa.uniqueId }, "processing request failed");
+        response = { payloads: [notify(NotifyType.TEMPORARY_FAILURE)] };
+      }
+    }
+    if (!response || this.#destroyed && !response.after) return;
+    const packet = this.#encode(msg.header.exchangeType, mid, true, response.payloads);
+    this.#lastResponse = { mid, packet };
+    this.#peerMid = mid + 1;
+    this.host.log.debug({ sa: this.sa.uniqueId, exchange: nameOf(ExchangeType, msg.header.exchangeType), mid, payloads: summarize(response.payloads) }, "sending response");
+    this.host.send(this.sa, packet);
+    if (response.after) await response.after();
+  }
+
+  /** Stops timers and fails nothing (the SA is going away). */
+  destroy(): void {
+    this.#destroyed = true;
+    if (this.#active) clearTimeout(this.#active.timer);
+    this.#active = undefined;
+    this.#queue = [];
+  }
+
+  /** Aborts the active exchange and queued tasks with `err` (e.g. the SA is deleted). */
+  async abortAll(err: IkeFailure): Promise<void> {
+    const tasks = [...(this.#active ? [this.#active.task] : []), ...this.#queue];
+    this.destroy();
+    for (const t of tasks) await this.#fail(t, err);
+  }
+}
+
+function deadlineClip(timeout: number, a: Active): number {
+  const d = a.task.deadlineMs;
+  if (d === undefined) return timeout;
+  const left = a.startedAt + d - Date.now();
+  return Math.max(1, Math.min(timeout, left));
+}
+
+function toFailure(err: unknown): IkeFailure {
+  if (err instanceof IkeFailure) return err;
+  if (err instanceof IkeDecodeError) return new IkeFailure(Reason.INVALID_SYNTAX, err.message);
+  const e = err as Error & { code?: string };
+  if (e?.code === "UNAVAILABLE") return new IkeFailure(Reason.DATAPLANE_ERROR, e.message);
+  return new IkeFailure(Reason.PEER_ERROR, e?.message ?? String(err));
+}
+
+/** A Notify payload without SPI. */
+export function notify(type: number, data: Buffer = Buffer.alloc(0), protocol = 0, spi: Buffer = Buffer.alloc(0)): Payload {
+  return { type: PayloadType.NOTIFY, protocol, notifyType: type, spi, data };
+}
+
+/** "SA KE No N(NATD_S_IP)" style summary for logs (as strongSwan's "generating IKE_SA_INIT request 0 [ SA KE No N(NATD_S_IP) ]"). */
+export function summarize(payloads: readonly Payload[]): string {
+  const names: Record<number, string> = { 33: "SA", 34: "KE", 35: "IDi", 36: "IDr", 37: "CERT", 38: "CERTREQ", 39: "AUTH", 40: "No", 42: "D", 43: "V", 44: "TSi", 45: "TSr", 47: "CP", 48: "EAP" };
+  return payloads
+    .map((p) => (p.type === PayloadType.NOTIFY ? `N(${nameOf(NotifyType, (p as { notifyType: number }).notifyType)})` : (names[p.type] ?? `P${p.type}`)))
+    .join(" ");
+}
