@@ -2,7 +2,8 @@
  * The strongSwan gateway of the lab (gw-c): Debian's charon with kernel-libipsec
  * (userspace ESP over the TUN device ipsec0, since the host kernel has no ESP) and
  * `encap = yes`, the recipe of /work/shared/peers (test/harness/peers.ts). One connection
- * per fleet gateway, responder only (the fleet side initiates: start action `start`).
+ * per fleet gateway, responder only (the fleet side initiates: start action `start`). It
+ * accepts the lab's proposals and the alternative set the live-change test switches to.
  */
 import { join } from "node:path";
 import { peerPsk, type LabTunnel } from "./spec.js";
@@ -63,7 +64,7 @@ export function renderSwanctlConf(self: LabGateway, tunnels: LabTunnel[], o: Pee
     version = 2
     local_addrs = ${self.transitAddr}
     remote_addrs = ${t.a.transitAddr}
-    proposals = ${o.proposals ?? "aes256gcm16-prfsha256-curve25519"}
+    proposals = ${o.proposals ?? "aes256gcm16-prfsha256-curve25519, aes128gcm16-prfsha256-ecp256"}
     rekey_time = 0
     encap = ${o.encap === false ? "no" : "yes"}
     dpd_delay = 10s
@@ -80,7 +81,7 @@ export function renderSwanctlConf(self: LabGateway, tunnels: LabTunnel[], o: Pee
         local_ts = ${self.siteSubnet}
         remote_ts = ${t.a.siteSubnet}
         mode = tunnel
-        esp_proposals = ${o.espProposals ?? "aes256gcm16"}
+        esp_proposals = ${o.espProposals ?? "aes256gcm16, aes128gcm16"}
         rekey_time = 0
         start_action = none
         dpd_action = clear
