@@ -76,6 +76,8 @@ export class Controller {
   /** Caches fed by KV watches (read-only copies of NATS state). */
   readonly #statusCache = new Map<string, fleet.AgentStatus>();
   readonly #eventCache = new Map<string, EventRecord>();
+  /** KV revision and bytes of each view as last seen (a hint: writes still compare-and-set). */
+  readonly #viewCache = new Map<string, { revision: number; value: Uint8Array; viewRevision: bigint }>();
   #current: { revision: number; record: SpecRecord; fleet: CompiledFleet } | undefined;
   #ready = false;
   readonly #m: {
@@ -151,6 +153,10 @@ export class Controller {
       if (e.operation === "PUT") this.#eventCache.set(e.key, e.json<EventRecord>());
       else this.#eventCache.delete(e.key);
     });
+    await this.#watchInto(this.#views, (e) => {
+      if (e.operation === "PUT") this.#viewCache.set(e.key, { revision: e.revision, value: e.value, viewRevision: fleet.GatewayView.decode(e.value).revision });
+      else this.#viewCache.delete(e.key);
+    });
     await this.#watchInto(this.#spec, (e) => {
       if (e.operation !== "PUT") return;
       void this.#loadCurrent(e.revision, e.json<SpecRecord>()).catch((err) => this.#o.log.error({ err, revision: e.revision }, "cannot load spec revision"));
@@ -216,12 +222,15 @@ export class Controller {
   async apply(req: api.ApplySpecRequest, dryRun = false): Promise<api.ApplySpecResponse> {
     const source = req.sourceName || "fleet.yaml";
     for (let attempt = 0; ; attempt++) {
+      const t0 = performance.now();
+      const lap = (what: string) => this.#o.log.debug({ ms: Math.round(performance.now() - t0) }, `apply: ${what}`);
       const cur = await this.#currentRecord();
       const base = Number(req.baseRevision);
       if (!req.force && !dryRun && base !== cur.revision) {
         throw new ConflictError(`the spec is at revision ${cur.revision} but this change is based on revision ${base}; review \`fleetswan diff\` and apply again with --base-revision ${cur.revision}`, { current: cur.revision, base });
       }
       const compiled = await compileSpec(req.specYaml, source, this.#o.resolve);
+      lap("compiled");
       const prev: RenderState = cur.record ? resolveState(cur.record.state, cur.revision) : EMPTY_STATE;
       const rendered = renderGateways(compiled);
       const now = this.#o.now();
@@ -253,10 +262,12 @@ export class Controller {
         }
         throw new UnavailableError(`cannot store the spec in KV bucket ${BUCKET.spec}: ${(e as Error).message}`, {}, { cause: e });
       }
+      lap("stored");
+      if (!this.#current || this.#current.revision < revision) this.#current = { revision, record, fleet: compiled };
       const resolved = resolveState(state, revision);
       await this.#writeViews(buildViews(rendered, resolved), Object.keys(prev.views).filter((g) => !rendered.has(g)), revision);
+      lap("views written");
       this.#reconciled = Math.max(this.#reconciled, revision);
-      await this.#loadCurrent(revision, record).catch(() => undefined);
       warnings.push(...(await this.#generateSecrets(compiled, prev)));
       this.#o.log.info({ revision, base: cur.revision, gateways: changes.length, source }, "spec applied");
       return { error: undefined, revision: BigInt(revision), changes, warnings };
@@ -303,14 +314,16 @@ export class Controller {
    * rendered from a newer revision: concurrent replicas cannot go backwards.
    */
   async #writeViews(views: Map<string, fleet.GatewayView>, removed: string[], revision: number): Promise<void> {
-    await parallel([...views.values()], 128, async (view) => {
+    await parallel([...views.values()], 512, async (view) => {
       const bytes = fleet.GatewayView.encode(view).finish();
       for (let attempt = 0; attempt < 10; attempt++) {
-        const e = await this.#views.get(view.gateway);
+        // First try from the watch cache (no round trip); on a sequence mismatch, read.
+        const cached = attempt === 0 ? this.#viewCache.get(view.gateway) : undefined;
+        const e = cached ? { operation: "PUT" as const, value: cached.value, revision: cached.revision } : await this.#views.get(view.gateway);
         try {
-          if (e && e.operation === "PUT") {
+          if (e?.operation === "PUT") {
             if (Buffer.from(e.value).equals(Buffer.from(bytes))) { this.#m.viewWrites.inc({ result: "unchanged" }); return; }
-            if (fleet.GatewayView.decode(e.value).revision > view.revision) { this.#m.viewWrites.inc({ result: "superseded" }); return; }
+            if ((cached ? cached.viewRevision : fleet.GatewayView.decode(e.value).revision) > view.revision) { this.#m.viewWrites.inc({ result: "superseded" }); return; }
             await this.#views.update(view.gateway, bytes, e.revision);
           } else if (e) await this.#views.update(view.gateway, bytes, e.revision);
           else await this.#views.create(view.gateway, bytes);

@@ -107,6 +107,14 @@ export const EMPTY_STATE: RenderState = { conns: {}, views: {} };
 export function nextState(rendered: Map<string, RenderedGateway>, prev: RenderState, revision: number, now: Date): { state: RenderState; changes: controller.GatewayChange[] } {
   const state: RenderState = { conns: {}, views: {} };
   const changes: controller.GatewayChange[] = [];
+  const prevByGw = new Map<string, string[]>();
+  for (const key of Object.keys(prev.conns)) {
+    const i = key.indexOf("/");
+    const gw = key.slice(0, i);
+    const list = prevByGw.get(gw) ?? [];
+    list.push(key.slice(i + 1));
+    prevByGw.set(gw, list);
+  }
   for (const [gw, r] of rendered) {
     const ch = controller.GatewayChange.fromPartial({ gateway: gw });
     for (const [name, h] of r.connHashes) {
@@ -116,10 +124,7 @@ export function nextState(rendered: Map<string, RenderedGateway>, prev: RenderSt
       else if (old.h !== h) ch.changed.push(name);
       state.conns[key] = old && old.h === h ? old : { h, r: revision };
     }
-    const prefix = `${gw}/`;
-    for (const key of Object.keys(prev.conns)) {
-      if (key.startsWith(prefix) && !r.connHashes.has(key.slice(prefix.length))) ch.removed.push(key.slice(prefix.length));
-    }
+    for (const name of prevByGw.get(gw) ?? []) if (!r.connHashes.has(name)) ch.removed.push(name);
     const oldView = prev.views[gw];
     state.views[gw] = oldView && oldView.h === r.hash ? oldView : { h: r.hash, r: revision, t: now.toISOString() };
     if (!oldView) ch.added.unshift("(gateway)");
@@ -128,8 +133,7 @@ export function nextState(rendered: Map<string, RenderedGateway>, prev: RenderSt
   }
   for (const gw of Object.keys(prev.views)) {
     if (rendered.has(gw)) continue;
-    const prefix = `${gw}/`;
-    const removed = Object.keys(prev.conns).filter((k) => k.startsWith(prefix)).map((k) => k.slice(prefix.length));
+    const removed = prevByGw.get(gw) ?? [];
     changes.push(controller.GatewayChange.fromPartial({ gateway: gw, removed: ["(gateway)", ...removed] }));
   }
   changes.sort((a, b) => (a.gateway < b.gateway ? -1 : 1));

@@ -41,6 +41,13 @@ export function checkSchema(root: JsonSchema, value: unknown): SchemaProblem[] {
   return out;
 }
 
+const regexCache = new Map<string, RegExp>();
+const re = (p: string): RegExp => {
+  let r = regexCache.get(p);
+  if (!r) regexCache.set(p, (r = new RegExp(p)));
+  return r;
+};
+
 function resolve(root: JsonSchema, s: JsonSchema): JsonSchema {
   if (!s.$ref) return s;
   const name = s.$ref.replace(/^#\/\$defs\//, "");
@@ -77,7 +84,7 @@ function walk(root: JsonSchema, schema: JsonSchema, v: unknown, path: (string | 
   if (typeof v === "string") {
     if (s.minLength !== undefined && v.length < s.minLength) out.push({ path, message: `must not be empty` });
     if (s.maxLength !== undefined && v.length > s.maxLength) out.push({ path, message: `longer than ${s.maxLength} characters` });
-    if (s.pattern && !new RegExp(s.pattern).test(v)) out.push({ path, message: `${show(v)} does not match ${s.pattern}` });
+    if (s.pattern && !re(s.pattern).test(v)) out.push({ path, message: `${show(v)} does not match ${s.pattern}` });
   }
   if (typeof v === "number") {
     if (s.minimum !== undefined && v < s.minimum) out.push({ path, message: `${v} is below the minimum ${s.minimum}` });
@@ -102,7 +109,7 @@ function walk(root: JsonSchema, schema: JsonSchema, v: unknown, path: (string | 
       if (!(r in obj)) out.push({ path, message: `missing required field "${r}"` });
     }
     for (const [k, child] of Object.entries(obj)) {
-      if (s.propertyNames?.pattern && !new RegExp(s.propertyNames.pattern).test(k)) {
+      if (s.propertyNames?.pattern && !re(s.propertyNames.pattern).test(k)) {
         out.push({ path: [...path, k], message: `name ${JSON.stringify(k)} does not match ${s.propertyNames.pattern}` });
       }
       const prop = s.properties?.[k];

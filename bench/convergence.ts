@@ -1,0 +1,115 @@
+/**
+ * Convergence benchmark: one spec change -> applied by N simulated agents.
+ *
+ * A real nats-server (test harness), the real controller in-process, and N agents, each
+ * its own NATS connection watching its own key in KV bucket fleet-views (as the agent
+ * does). The fleet is a ring (gw-i <-> gw-(i+1)) plus defaults; the change edits the
+ * defaults, so every gateway's view changes. Latency per gateway = time from sending
+ * ApplySpec to the agent seeing a view with the new revision.
+ *
+ *   npx tsc -b services/controller test && npx tsc -p bench/convergence.tsconfig.json
+ *   node bench/dist/convergence.js [N ...]        (default: 100 1000)
+ */
+import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
+import { connect, type NatsConnection } from "nats";
+import { createLogger } from "@fleetswan/common";
+import { fleet } from "@fleetswan/proto";
+import { Controller, ControllerClient, BUCKET } from "@fleetswan/controller";
+import { startNats } from "@fleetswan/test/harness";
+
+const log = createLogger("bench", { level: process.env.FLEETSWAN_BENCH_LOG ?? "warn" });
+
+function spec(n: number, dpdDelay: number): string {
+  const lines = ["version: 1", "defaults:", `  dpd: { delay: ${dpdDelay}, timeout: 150 }`, "gateways:"];
+  for (let i = 0; i < n; i++) {
+    lines.push(`  - { name: gw-${i}, addresses: [10.${100 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}], subnets: [10.${(i >> 8) & 63}.${i & 255}.0/24] }`);
+  }
+  lines.push("connections:");
+  for (let i = 0; i < n; i++) lines.push(`  - { name: ring-${i}, gateways: [gw-${i}, gw-${(i + 1) % n}] }`);
+  return lines.join("\n") + "\n";
+}
+
+const pct = (sorted: number[], p: number): number => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+
+async function run(n: number): Promise<void> {
+  const nats = await startNats();
+  const conns: NatsConnection[] = [];
+  try {
+    const cnc = await connect({ servers: nats.url });
+    conns.push(cnc);
+    const ctl = new Controller({ nc: cnc, log, reconcileIntervalMs: 0 });
+    await ctl.start();
+    const client = new ControllerClient(cnc, 120_000);
+    const r0 = await client.apply({ specYaml: spec(n, 30), sourceName: "bench.yaml", baseRevision: 0n });
+    if (r0.error) throw new Error(r0.error.message);
+
+    // N agents in worker threads (own event loops, not the controller's): each agent has
+    // its own NATS connection and watches its own key.
+    const workers = Math.min(8, Math.ceil(n / 50));
+    const startConnect = Date.now();
+    const pool = Array.from({ length: workers }, (_, w) => new Worker(new URL(import.meta.url), {
+      workerData: { url: nats.url, gateways: Array.from({ length: n }, (_, i) => i).filter((i) => i % workers === w).map((i) => `gw-${i}`) },
+    }));
+    await Promise.all(pool.map((wk) => new Promise((res) => wk.once("message", res))));
+    const connectMs = Date.now() - startConnect;
+    const base = (await client.getSpec()).revision;
+    const target = base + 1n;
+    const results = Promise.all(pool.map((wk) => new Promise<number[]>((res) => wk.once("message", (m: number[]) => res(m)))));
+    for (const wk of pool) wk.postMessage(String(target));
+    await new Promise((r) => setTimeout(r, 200));
+    const t0 = performance.timeOrigin + performance.now();
+    const r1 = await client.apply({ specYaml: spec(n, 20), sourceName: "bench.yaml", baseRevision: base });
+    const applyMs = performance.timeOrigin + performance.now() - t0;
+    if (r1.error) throw new Error(r1.error.message);
+    if (r1.revision !== target) throw new Error(`revision ${r1.revision}, expected ${target}`);
+    const seenAt = (await Promise.race([results, new Promise<never>((_, rej) => setTimeout(() => rej(new Error(`agents did not converge in 60 s`)), 60_000))])).flat();
+    await Promise.all(pool.map((wk) => wk.terminate()));
+    const seen = seenAt.map((t) => t - t0);
+    const sorted = [...seen].sort((a, b) => a - b);
+    const f = (x: number) => `${x.toFixed(0)} ms`;
+    console.log(`${String(n).padStart(5)} gateways: p50 ${f(pct(sorted, 50))}  p99 ${f(pct(sorted, 99))}  max ${f(sorted[n - 1]!)}  (ApplySpec round trip ${f(applyMs)}, ${n} views rewritten; agents connected in ${connectMs} ms)`);
+    await ctl.stop();
+  } finally {
+    await Promise.all(conns.map((c) => c.close().catch(() => undefined)));
+    await nats.stop();
+  }
+}
+
+async function agentWorker(): Promise<void> {
+  const { url, gateways } = workerData as { url: string; gateways: string[] };
+  const seen = new Map<string, number>();
+  let target = 0n;
+  let report!: () => void;
+  const done = new Promise<void>((r) => (report = r));
+  const conns: NatsConnection[] = [];
+  for (let i = 0; i < gateways.length; i += 25) {
+    await Promise.all(gateways.slice(i, i + 25).map(async (gw) => {
+      const nc = await connect({ servers: url, name: `agent-${gw}` });
+      conns.push(nc);
+      const kv = await nc.jetstream().views.kv(BUCKET.views, { bindOnly: true });
+      const it = await kv.watch({ key: gw });
+      void (async () => {
+        for await (const e of it) {
+          if (e.operation !== "PUT" || target === 0n || seen.has(gw)) continue;
+          if (fleet.GatewayView.decode(e.value).revision >= target) {
+            seen.set(gw, performance.timeOrigin + performance.now());
+            if (seen.size === gateways.length) report();
+          }
+        }
+      })();
+    }));
+  }
+  parentPort!.once("message", (t: string) => {
+    target = BigInt(t);
+    void done.then(() => parentPort!.postMessage([...seen.values()]));
+  });
+  parentPort!.postMessage("ready");
+}
+
+if (!isMainThread) {
+  await agentWorker();
+} else {
+const sizes = process.argv.slice(2).map(Number).filter((x) => x > 1);
+console.log(`convergence: one spec change (defaults.dpd.delay) -> every agent sees its new view (node ${process.version})`);
+for (const n of sizes.length ? sizes : [100, 1000]) await run(n);
+}
