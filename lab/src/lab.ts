@@ -411,7 +411,7 @@ export class Lab {
 
     const fl = fleetGateways(c);
     step(`enrolling ${fl.map((g) => g.name).join(", ")}`);
-    for (const g of fl) await this.enroll(g);
+    await pool(fl, 6, (g) => this.enroll(g));
 
     step(`starting dataplane (--backend ${c.backend}) and ikeagent on ${fl.map((g) => g.name).join(", ")}`);
     await pool(fl, 8, async (g) => {

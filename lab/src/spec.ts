@@ -65,6 +65,8 @@ export interface SpecOptions {
   connections?: Record<string, Record<string, Yaml>>;
   /** PSK per peer connection (default peerPsk(name)). */
   psk?: (tunnel: string) => string;
+  /** Gateways only, no connections or peers (the scale run enrolls first, then applies the tunnels). */
+  omitTunnels?: boolean;
 }
 
 export const LAB_PROPOSALS = { ike: ["aes256gcm16-prfsha256-curve25519"], esp: ["aes256gcm16"] };
@@ -81,7 +83,7 @@ export const LAB_DEFAULTS: Record<string, Yaml> = {
 
 /** The fleet spec object for the lab. */
 export function labSpec(c: LabConfig, o: SpecOptions = {}): Record<string, Yaml> {
-  const tunnels = labTunnels(c, o.topology);
+  const tunnels = o.omitTunnels ? [] : labTunnels(c, o.topology);
   const gateways: Yaml[] = fleetGateways(c).map((g) => ({
     name: g.name,
     id: g.id,
