@@ -1,4 +1,11 @@
 import type { CliCommand } from "@fleetswan/common";
+import { agentCommands } from "./daemon/cli.js";
 
-/** This service's `fleetswan` subcommands. */
-export const commands: CliCommand[] = [];
+export { startAgent, type Agent, type AgentOptions } from "./daemon/agent.js";
+export { IkeEngine, type EngineOptions, type Transport } from "./ike/engine/engine.js";
+export { FakeDataplane } from "./ike/engine/dataplane-fake.js";
+export { GrpcDataplane } from "./daemon/dataplane-grpc.js";
+export type { Engine, EngineConfig, EngineEvent, EngineSecret, SecretLookup } from "./engine-api.js";
+
+/** This service's `fleetswan` subcommands: `ikeagent` (run the agent) and `agent` (local control). */
+export const commands: CliCommand[] = [...agentCommands];
