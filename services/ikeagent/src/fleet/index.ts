@@ -163,7 +163,7 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
       return false;
     }
     if (payload.value.length === 0) return false;
-    cur?.secret.current.wipe();
+    // The replaced Secret is not wiped: the engine may still hold it until its next apply.
     secrets.set(ref, { version: sealed.version, secret: toEngineSecret(payload) });
     Buffer.from(payload.value.buffer, payload.value.byteOffset, payload.value.byteLength).fill(0);
     if (persist) state.saveSealed(ref, sealed);
@@ -460,10 +460,6 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
       if (nc && !nc.isClosed()) await nc.close();
       else void connecting;
       await applying;
-      for (const s of secrets.values()) {
-        s.secret.current.wipe();
-        s.secret.previous?.wipe();
-      }
     },
   };
 }
