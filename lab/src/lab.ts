@@ -8,6 +8,7 @@
  * The e2e tests (test/e2e) drive the same class: start/stop/kill/restart one daemon,
  * apply spec variants, read `fleetswan status --json`, run traffic.
  */
+import { execFileSync } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
@@ -296,6 +297,7 @@ export class Lab {
     const bin = FLEETSWAN_BIN(c);
     const node = process.execPath;
     const natsConf = join(c.stateDir, "nats", "nats.conf");
+    const fleetMode = ikeagentHasFleetMode(c);
     this.define({ name: "nats", kind: "nats", argv: [NATS_SERVER, "-c", natsConf] });
     this.define({ name: "controller", kind: "controller", argv: [node, bin, "controller", "--nats", natsUrl(c), "--metrics-port", String(c.controllerMetricsPort)] });
     this.define({
@@ -328,7 +330,7 @@ export class Lab {
         name: `${g.name}.ikeagent`,
         kind: "ikeagent",
         gateway: g.name,
-        argv: inNs(nsGateway(c, g), [node, bin, "ikeagent", ...ikeagentArgs(c, g, dir)]),
+        argv: inNs(nsGateway(c, g), ikeagentArgv(c, g, dir, fleetMode)),
       });
     }
   }
@@ -538,15 +540,31 @@ export class DaemonDied extends Error {
   }
 }
 
-/** The ikeagent's command line in fleet mode (after `fleetswan ikeagent`). */
-export function ikeagentArgs(c: LabConfig, g: LabGateway, dir: string): string[] {
-  return [
+/**
+ * The ikeagent's command line in fleet mode. `fleetswan ikeagent --gateway ...` when the
+ * CLI has a fleet mode (deploy/systemd's flags); until then lab/fleet-agent.mjs, which
+ * wires startAgent() to runFleetClient() the same way (see docs/lab.md, "Gaps").
+ */
+export function ikeagentArgv(c: LabConfig, g: LabGateway, dir: string, fleetMode: boolean): string[] {
+  const common = [
     "--gateway", g.name,
     "--nats", natsUrl(c),
     "--state-dir", join(dir, "agent"),
-    "--dataplane-socket", join(dir, "dataplane.sock"),
     "--metrics-port", String(IKEAGENT_METRICS_PORT),
+    "--control-socket", join(dir, "ikeagent.sock"),
   ];
+  if (fleetMode) return [process.execPath, FLEETSWAN_BIN(c), "ikeagent", ...common, "--dataplane-socket", join(dir, "dataplane.sock")];
+  return [process.execPath, join(c.repoDir, "lab", "fleet-agent.mjs"), ...common, "--dataplane", join(dir, "dataplane.sock")];
+}
+
+/** Whether `fleetswan ikeagent` has a fleet mode (--gateway) in this checkout. */
+export function ikeagentHasFleetMode(c: LabConfig): boolean {
+  try {
+    const out = execFileSync(process.execPath, [FLEETSWAN_BIN(c), "ikeagent", "--help"], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 30_000 });
+    return /--gateway\b/.test(out);
+  } catch (e) {
+    return /--gateway\b/.test(String((e as { stdout?: string }).stdout ?? ""));
+  }
 }
 
 export function renderNatsConf(c: LabConfig): string {
