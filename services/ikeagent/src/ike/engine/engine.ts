@@ -14,8 +14,7 @@ import { ConfigError, createLogger, type Logger } from "@fleetswan/common";
 import { dataplane, fleet, ikeagent } from "@fleetswan/proto";
 import type { Engine, EngineConfig, EngineEvent, SecretLookup } from "../../engine-api.js";
 import { decodeMessage, ExchangeType, NotifyType, PayloadType, ProtocolId, nameOf, type DecodedMessage, type DeletePayload, type Payload } from "../wire/index.js";
-import { formatProposal } from "../proposal.js";
-import { EncrId, PrfId } from "../wire/index.js";
+import { EncrId, IntegId, PrfId } from "../wire/index.js";
 import { childAlgText, dhName, find, findNotify, policiesFor, uninstallChild } from "./child.js";
 import { compileConnection, type ConnRuntime } from "./conn.js";
 import type { EngineCore } from "./context.js";
@@ -669,7 +668,7 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     const a = sa.alg;
     if (!a) return "";
     const e = `${nameOf(EncrId, a.encr)}${a.encr === EncrId.CHACHA20_POLY1305 ? "" : `-${a.encrKeyBits}`}`;
-    return `${e}${a.integ ? `/HMAC_${a.integ}` : ""}/PRF_${nameOf(PrfId, a.prf)}/${dhName(a.dh)}`;
+    return `${e}${a.integ ? `/${nameOf(IntegId, a.integ)}` : ""}/PRF_${nameOf(PrfId, a.prf)}/${dhName(a.dh)}`;
   }
 
   /** Refreshes per-SA byte/packet counters from the dataplane (for listSas and metrics). */
@@ -843,4 +842,3 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
   }
 }
 
-void formatProposal;
