@@ -173,7 +173,7 @@ export async function startAgent(net: Topology, yaml: string): Promise<Agent> {
   const metricsPort = 19743;
   const dataplane = process.env.FLEETSWAN_INTEROP_DATAPLANE === 'userspace' ? join(dir, 'dataplane.sock') : 'fake';
   if (dataplane !== 'fake') {
-    net.spawn('gwb', ['node', FLEETSWAN, 'dataplane', '--backend', 'userspace', '--socket', dataplane, '--metrics-port', '-1'], { logFile: join(dir, 'dataplane.log') });
+    net.spawn('gwb', ['node', FLEETSWAN, 'dataplane', '--backend', 'userspace', '--socket', dataplane, '--metrics-port', '0', '--natt-port', '4500', '--state-file', join(dir, 'dataplane-state.json')], { logFile: join(dir, 'dataplane.log') });
     await waitFor('dataplane socket', async () => existsSync(dataplane), { timeoutMs: 15000, intervalMs: 100 });
   }
   const proc = net.spawn('gwb', ['node', FLEETSWAN, 'ikeagent', '--config', cfg, '--dataplane', dataplane, '--control-socket', socket, '--metrics-port', String(metricsPort), '--metrics-host', '127.0.0.1', '--address', B.addr, '--retransmit-timeout', '1000', '--retransmit-tries', '2', '--delete-on-exit', '--log-level', 'debug'], {

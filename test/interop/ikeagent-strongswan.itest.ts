@@ -7,7 +7,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { needExecutable, needRoot, skipReason, sleep, waitFor, CHARON, SWANCTL } from '../harness/index.js';
+import { countPackets, ipsecSummary, needExecutable, needRoot, skipReason, sleep, startCapture, waitFor, CHARON, SWANCTL } from '../harness/index.js';
 import { A, B, agentYaml, charonConf, curlMetrics, logMessages, startEnv, type AgentSa, type Env } from './ikeagent-fixture.js';
 
 const skip = skipReason(needRoot(), needExecutable(CHARON, SWANCTL));
@@ -195,3 +195,33 @@ test('DPD: the peer stops; we detect it within dpd_timeout and clear the SAs', {
 
 void A;
 void B;
+
+// ------------------------------------------------------------------ traffic --
+
+const userspace = process.env.FLEETSWAN_INTEROP_DATAPLANE === 'userspace';
+const trafficSkip = skip ?? (userspace ? null : 'traffic needs the userspace dataplane: set FLEETSWAN_INTEROP_DATAPLANE=userspace');
+
+test('traffic: ping through the tunnel both ways, ESP-in-UDP on the wire and no cleartext; CHILD rekey under ping loses nothing', { skip: trafficSkip ?? false }, async () => {
+  await withEnv(agentYaml({ childLifetime: 16, rekeyMargin: 8, rekeyFuzz: 0 }), charonConf({ childRekeyTime: 5, childLifeTime: 60 }), async (env) => {
+    const cap = await startCapture(env.net.nsOf('gwa'), 'veth0', {});
+    const r = await env.agent.ctl(['up', 'net', '--wait', '--timeout', '15000']);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    await assertAgree(env);
+    const a = await env.net.exec('gwa', ['ping', '-c', '3', '-i', '0.2', '-W', '2', '-I', '10.1.0.1', '10.2.0.1'], { allowFail: true });
+    assert.equal(a.code, 0, `ping gwa -> gwb: ${a.stdout}${a.stderr}`);
+    const b = await env.net.exec('gwb', ['ping', '-c', '3', '-i', '0.2', '-W', '2', '-I', '10.2.0.1', '10.1.0.1'], { allowFail: true });
+    assert.equal(b.code, 0, `ping gwb -> gwa: ${b.stdout}${b.stderr}`);
+    // 60 pings over 12 s while strongSwan (t=5 s, 10 s) and we (t=8 s) rekey the CHILD SA.
+    const spi0 = (await env.agent.status())[0]!.children![0]!.spiIn;
+    const long = await env.net.exec('gwa', ['ping', '-c', '60', '-i', '0.2', '-W', '2', '-I', '10.1.0.1', '10.2.0.1'], { allowFail: true, timeoutMs: 60000 });
+    const loss = /(\d+)% packet loss/.exec(long.stdout)?.[1];
+    const now = established(await env.agent.status())!.children!.find((c) => c.state === 'CHILD_SA_STATE_INSTALLED')!;
+    assert.notEqual(now.spiIn, spi0, 'rekeyed during the ping');
+    assert.equal(loss, '0', `ping during rekeys: ${long.stdout.split('\n').slice(-3).join(' ')}`);
+    await cap.stop();
+    const s = await ipsecSummary(cap.file);
+    assert.ok(s.espInUdp >= 60, `ESP-in-UDP packets: ${JSON.stringify(s)}`);
+    assert.equal(s.rawEsp, 0);
+    assert.equal(await countPackets(cap.file, 'icmp'), 0, 'no cleartext ICMP on the wire');
+  });
+});
