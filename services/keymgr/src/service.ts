@@ -477,6 +477,7 @@ export class KeyManager {
           const life = rec.certSpec.validDays * 86_400_000;
           if (end - now < life * (this.#o.renewFraction ?? 1 / 3)) {
             await this.issueCertificateFor({ gateway: rec.gateways[0], ...rec.certSpec });
+            this.metrics.rotations.inc({ outcome: "ok" });
             this.#log.info({ gateway: rec.gateways[0] }, "certificate renewed before expiry");
           }
         }
@@ -544,7 +545,7 @@ export class KeyManager {
       res = await this.enroll(fleet.EnrollRequest.decode(m.data));
       this.metrics.enrollments.inc({ outcome: "ok" });
     } catch (e) {
-      this.metrics.enrollments.inc({ outcome: "rejected" });
+      this.metrics.enrollments.inc({ outcome: "error" });
       this.#log.warn({ code: (e as FleetswanError).code, err: (e as Error).message }, "enrollment rejected");
       res = { ok: false, error: `${(e as FleetswanError).code ?? "INTERNAL"}: ${(e as Error).message}`, keyId: "" };
     }
