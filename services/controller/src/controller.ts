@@ -22,6 +22,12 @@ export interface ControllerOptions {
   staleAfterMs?: number;
   /** KV replicas for the buckets the controller creates (default 1; 3 in a cluster). */
   replicas?: number;
+  /**
+   * Make sure keymgr holds every secret of the current spec, sealed to both ends, this
+   * often (default 30 s; 0 = only at start and after applies). While secrets are pending
+   * the next attempt comes after min(this, 5 s).
+   */
+  secretReconcileIntervalMs?: number;
   now?: () => Date;
 }
 
@@ -73,6 +79,11 @@ export class Controller {
   /** Last spec revision whose views this replica checked/wrote. */
   #reconciled = 0;
   #reconciling: Promise<void> | undefined;
+  #secretsRun: Promise<string[]> | undefined;
+  /** "name|gw,gw" of secrets keymgr confirmed for those gateways (a hint for the apply path). */
+  readonly #secretsOk = new Set<string>();
+  readonly #orphansLogged = new Set<string>();
+  #secretsPendingCount = 0;
   /** Caches fed by KV watches (read-only copies of NATS state). */
   readonly #statusCache = new Map<string, fleet.AgentStatus>();
   readonly #eventCache = new Map<string, EventRecord>();
@@ -84,6 +95,9 @@ export class Controller {
     applies: Counter<"outcome">;
     commandDuration: Histogram<"verb">;
     viewWrites: Counter<"result">;
+    secretReconciles: Counter<"outcome">;
+    secretsPending: Gauge;
+    secretsOrphaned: Gauge;
   };
 
   constructor(opts: ControllerOptions) {
@@ -93,6 +107,7 @@ export class Controller {
       reconcileIntervalMs: 30_000,
       staleAfterMs: 30_000,
       replicas: 1,
+      secretReconcileIntervalMs: 30_000,
       now: () => new Date(),
       ...opts,
     };
@@ -101,6 +116,9 @@ export class Controller {
       applies: new Counter({ name: "fleetswan_controller_applies_total", help: "Spec applies by outcome (ok, invalid, conflict, error).", labelNames: ["outcome"], registers }),
       commandDuration: new Histogram({ name: "fleetswan_controller_command_duration_seconds", help: "Time from an operator command to the agents' replies.", labelNames: ["verb"], buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers }),
       viewWrites: new Counter({ name: "fleetswan_controller_view_writes_total", help: "Gateway view writes by result (written, unchanged, deleted, superseded).", labelNames: ["result"], registers }),
+      secretReconciles: new Counter({ name: "fleetswan_controller_secret_reconciles_total", help: "Passes that made sure keymgr holds every secret of the spec, by outcome (ok, pending, keymgr_unavailable, cached).", labelNames: ["outcome"], registers }),
+      secretsPending: new Gauge({ name: "fleetswan_controller_secrets_pending", help: "Secrets the current spec needs that keymgr does not hold (or not for both ends) as of the last pass.", registers }),
+      secretsOrphaned: new Gauge({ name: "fleetswan_controller_secrets_orphaned", help: "Secrets keymgr holds (psk.*, cert.*) that the current spec no longer uses (keymgr has no delete method yet).", registers }),
     };
     const self = this;
     new Gauge({
@@ -171,6 +189,8 @@ export class Controller {
       t.unref();
       this.#timers.push(t);
     }
+    await this.reconcileSecrets().catch((err) => this.#o.log.warn({ err }, "secret reconcile failed"));
+    this.#scheduleSecrets();
     this.#ready = true;
     this.#o.log.info({ revision: this.#current?.revision ?? 0 }, "controller started");
   }
@@ -181,6 +201,7 @@ export class Controller {
     for (const t of this.#timers) clearInterval(t);
     for (const s of this.#subs) s.unsubscribe();
     await this.#reconciling?.catch(() => undefined);
+    await this.#secretsRun?.catch(() => undefined);
   }
 
   async #watchInto(kv: KV, apply: (e: import("nats").KvEntry) => void): Promise<void> {
@@ -268,7 +289,7 @@ export class Controller {
       await this.#writeViews(buildViews(rendered, resolved), Object.keys(prev.views).filter((g) => !rendered.has(g)), revision);
       lap("views written");
       this.#reconciled = Math.max(this.#reconciled, revision);
-      warnings.push(...(await this.#generateSecrets(compiled, prev)));
+      warnings.push(...(await this.reconcileSecrets({ cached: true })));
       this.#o.log.info({ revision, base: cur.revision, gateways: changes.length, source }, "spec applied");
       return { error: undefined, revision: BigInt(revision), changes, warnings };
     }
@@ -290,23 +311,132 @@ export class Controller {
     if (info.error?.code) throw new FleetswanError(info.error.code, `keymgr refused secret ${name}: ${info.error.message}`, { secret: name });
   }
 
-  /** PSKs for connections new in this revision: keymgr generates and seals them. */
-  async #generateSecrets(f: CompiledFleet, prev: RenderState): Promise<string[]> {
-    const wanted = f.connections.filter((c) => c.options.auth === "psk" && !c.peer?.psk && !c.peer?.pskKept && !c.gateways.every((g) => prev.conns[`${g}/${c.name}`]));
-    const warnings: string[] = [];
-    let down = false;
-    await parallel(wanted, 16, async (c) => {
-      const name = secretRefFor(c, c.gateways[0]!);
-      if (down) { warnings.push(`keymgr unavailable: PSK ${name} not generated yet`); return; }
-      try {
-        const info = await this.#keymgr("GenerateSecret", keymgr.GenerateSecretRequest.encode({ name, gateways: c.gateways }).finish(), (b) => keymgr.SecretInfo.decode(b));
-        if (info.error?.code) warnings.push(`keymgr: ${name}: ${info.error.message}`);
-      } catch (e) {
-        down = true;
-        warnings.push(`${(e as Error).message}: PSK ${name} not generated yet (re-apply once keymgr runs)`);
+  /** The PSK secrets the current spec needs: name -> the gateways that use it, and whether keymgr may generate it. */
+  static wantedSecrets(f: CompiledFleet): Map<string, { gateways: string[]; generate: boolean }> {
+    const out = new Map<string, { gateways: string[]; generate: boolean }>();
+    for (const c of f.connections) {
+      if (c.options.auth !== "psk") continue;
+      // Operator-supplied PSKs (psk: or psk: "@keymgr") are stored by apply; only keymgr's own are generated.
+      out.set(secretRefFor(c, c.gateways[0]!), { gateways: [...c.gateways].sort(), generate: !c.peer?.psk && !c.peer?.pskKept });
+    }
+    return out;
+  }
+
+  /**
+   * Secrets as a reconcile: make sure keymgr holds every PSK the current spec needs and
+   * that each is assigned to (sealed for) both ends. Runs at start, after each apply and
+   * on a timer, so a keymgr that was down when a connection appeared is caught up without
+   * another apply. GenerateSecret is idempotent in keymgr (an existing secret is only
+   * sealed again) and SealForAgents only adds gateways, so two replicas doing this at
+   * once is harmless (a CONFLICT from keymgr's compare-and-set is retried once).
+   * `cached`: skip keymgr entirely when every wanted secret was confirmed before (the
+   * apply path); the timer always asks keymgr (ListSecrets, one request).
+   * Returns warnings (pending secrets) for ApplySpec.
+   */
+  reconcileSecrets(opts: { cached?: boolean } = {}): Promise<string[]> {
+    const run = async (): Promise<string[]> => {
+      const cur = this.#current;
+      if (!cur || this.#stopped) return [];
+      const wanted = Controller.wantedSecrets(cur.fleet);
+      const key = (name: string, gws: string[]) => `${name}|${gws.join(",")}`;
+      if (opts.cached && [...wanted].every(([n, w]) => this.#secretsOk.has(key(n, w.gateways)))) {
+        this.#m.secretReconciles.inc({ outcome: "cached" });
+        this.#m.secretsPending.set(0);
+        this.#secretsPendingCount = 0;
+        return [];
       }
-    });
-    return warnings;
+      let list: keymgr.ListSecretsResponse;
+      try {
+        list = await this.#keymgr("ListSecrets", keymgr.ListSecretsRequest.encode({}).finish(), (b) => keymgr.ListSecretsResponse.decode(b));
+      } catch (e) {
+        const pending = [...wanted].filter(([n, w]) => !this.#secretsOk.has(key(n, w.gateways))).map(([n]) => n);
+        this.#setPending(pending.length);
+        this.#m.secretReconciles.inc({ outcome: "keymgr_unavailable" });
+        if (!pending.length) return [];
+        this.#o.log.warn({ pending: pending.length }, `${(e as Error).message}: secrets pending, retrying`);
+        return [`${(e as Error).message}: ${pending.length} secret(s) pending (${pending.slice(0, 5).join(", ")}${pending.length > 5 ? ", ..." : ""}); the controller retries until keymgr answers (no re-apply needed)`];
+      }
+      const have = new Map(list.secrets.map((i) => [i.name, i]));
+      const warnings: string[] = [];
+      const pending: string[] = [];
+      let unreachable = false;
+      await parallel([...wanted], 16, async ([name, w]) => {
+        const info = have.get(name);
+        if (info && w.gateways.every((g) => info.gateways.includes(g))) { this.#secretsOk.add(key(name, w.gateways)); return; }
+        if (unreachable) { pending.push(name); return; }
+        if (!info && !w.generate) {
+          pending.push(name);
+          warnings.push(`secret ${name}: the spec says psk: "@keymgr" but keymgr has no such secret; apply the spec with the PSK value`);
+          return;
+        }
+        for (let attempt = 0; ; attempt++) {
+          try {
+            const error = info
+              ? (await this.#keymgr("SealForAgents", keymgr.SealForAgentsRequest.encode({ name, gateways: w.gateways }).finish(), (b) => keymgr.SealForAgentsResponse.decode(b))).error
+              : (await this.#keymgr("GenerateSecret", keymgr.GenerateSecretRequest.encode({ name, gateways: w.gateways }).finish(), (b) => keymgr.SecretInfo.decode(b))).error;
+            if (error?.code === "CONFLICT" && attempt === 0) continue; // another replica wrote it just now
+            if (error?.code) { pending.push(name); warnings.push(`keymgr: ${name}: ${error.code}: ${error.message}`); return; }
+            this.#secretsOk.add(key(name, w.gateways));
+            this.#o.log.info({ secret: name, gateways: w.gateways, generated: !info }, info ? "secret assigned to its gateways" : "secret generated");
+            return;
+          } catch (e) {
+            unreachable = true;
+            pending.push(name);
+            warnings.push(`${(e as Error).message}: secret ${name} pending (retried automatically)`);
+            return;
+          }
+        }
+      });
+      // Secrets of connections (and certificates of gateways) no longer in the spec.
+      // keymgr's API has no delete method: they are counted and reported, not removed
+      // (docs/nats-layout.md "Secrets of removed connections").
+      const usedCerts = new Set(this.#certGateways(cur.fleet).map((g) => `cert.${g}`));
+      const orphans = list.secrets.map((i) => i.name).filter((n) => (n.startsWith("psk.") && !wanted.has(n)) || (n.startsWith("cert.") && !usedCerts.has(n)));
+      this.#m.secretsOrphaned.set(orphans.length);
+      for (const n of orphans) {
+        if (this.#orphansLogged.has(n)) continue;
+        this.#orphansLogged.add(n);
+        this.#o.log.info({ secret: n }, "secret no longer used by the spec; kept in keymgr (no delete method; a rollback re-apply reuses it)");
+      }
+      for (const n of [...this.#orphansLogged]) if (!orphans.includes(n)) this.#orphansLogged.delete(n);
+      this.#setPending(pending.length);
+      this.#m.secretReconciles.inc({ outcome: pending.length ? "pending" : "ok" });
+      return warnings;
+    };
+    // One pass at a time per replica; a request during a pass runs once more after it.
+    const next = (this.#secretsRun ?? Promise.resolve([] as string[])).catch(() => []).then(run);
+    this.#secretsRun = next;
+    void next.finally(() => { if (this.#secretsRun === next) this.#secretsRun = undefined; }).catch(() => undefined);
+    return next;
+  }
+
+  #setPending(n: number): void {
+    this.#secretsPendingCount = n;
+    this.#m.secretsPending.set(n);
+  }
+
+  /** Secrets pending after the last pass (for tests and /readyz diagnostics). */
+  get secretsPending(): number {
+    return this.#secretsPendingCount;
+  }
+
+  #scheduleSecrets(): void {
+    if (this.#stopped || this.#o.secretReconcileIntervalMs <= 0) return;
+    const every = this.#o.secretReconcileIntervalMs;
+    const delay = this.#secretsPendingCount > 0 ? Math.min(every, 5000) : every;
+    const t = setTimeout(() => {
+      this.#timers.splice(this.#timers.indexOf(t), 1);
+      void this.reconcileSecrets().catch((err) => this.#o.log.warn({ err }, "secret reconcile failed")).finally(() => this.#scheduleSecrets());
+    }, delay);
+    t.unref();
+    this.#timers.push(t);
+  }
+
+  /** Gateways that need a certificate (local end of a pubkey connection). */
+  #certGateways(f: CompiledFleet): string[] {
+    const out = new Set<string>();
+    for (const c of f.connections) if (c.options.auth === "pubkey") for (const g of c.gateways) out.add(g);
+    return [...out].sort();
   }
 
   /**
