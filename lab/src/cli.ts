@@ -15,12 +15,13 @@ import { makeStepper, run } from "./util.js";
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
 const DEFAULT_SPEC = join(REPO, "lab", "fleet.yaml");
 
-const USAGE = `usage: fleetswan-lab up [--kernel] [--spec FILE] [--no-verify]
-       fleetswan-lab down
-       fleetswan-lab status
+const USAGE = `usage: fleetswan-lab up [--kernel] [--spec FILE] [--no-verify] [--backend userspace|xfrm]
+       fleetswan-lab down [--kernel]
+       fleetswan-lab status [--kernel]
        fleetswan-lab env                 print FLEETSWAN_NATS_URL for the fleetswan CLI
        fleetswan-lab fleetswan ARGS...   run the fleetswan CLI against the lab (e.g. status, conn down a-b)
        fleetswan-lab exec NODE CMD...    run CMD in a namespace: gw-a, host-a, ..., transit
+       fleetswan-lab exec --kernel CMD   run a shell command inside the --kernel guest
   common options: --instance NAME (default ${DEFAULT_INSTANCE}) --state-dir DIR (default ${DEFAULT_STATE_DIR})
 
 up:   starts nats-server, the controller, keymgr, gw-a and gw-b (fleetswan: dataplane
@@ -28,6 +29,7 @@ up:   starts nats-server, the controller, keymgr, gw-a and gw-b (fleetswan: data
       applies lab/fleet.yaml, waits for every tunnel, pings through each, prints the status.
       Running it again on a running lab restarts what died and checks again.
       --kernel runs the same fleet inside User-Mode Linux with the xfrm backend.
+      --backend xfrm runs it on this host's kernel (needs ESP: CONFIG_INET_ESP).
 down: stops every process and removes every namespace of the lab (logs are kept).`;
 
 function out(s: string): void {
@@ -50,6 +52,7 @@ async function main(argv: string[]): Promise<number> {
       kernel: { type: "boolean" },
       spec: { type: "string" },
       "no-verify": { type: "boolean" },
+      backend: { type: "string" },
     },
     strict: !passthrough,
     allowPositionals: true,
@@ -61,14 +64,16 @@ async function main(argv: string[]): Promise<number> {
     return 1;
   }
   const loaded = Lab.load(stateDir);
-  const lab = loaded ?? new Lab(makeLabConfig({ instance, stateDir, repoDir: REPO }));
+  const backend = (values.backend as string | undefined) ?? "userspace";
+  if (backend !== "userspace" && backend !== "xfrm") throw new Error(`--backend must be userspace or xfrm (got "${backend}")`);
+  const lab = loaded ?? new Lab(makeLabConfig({ instance, stateDir, repoDir: REPO, backend }));
   const step = makeStepper();
 
   switch (cmd) {
     case "up": {
       if (values.kernel) {
         const { kernelUp } = await import("./kernel.js");
-        return kernelUp({ repoDir: REPO, stateDir, step });
+        return kernelUp({ repoDir: REPO, step });
       }
       const t0 = Date.now();
       const specFile = (values.spec as string | undefined) ?? (instance === DEFAULT_INSTANCE && existsSync(DEFAULT_SPEC) ? DEFAULT_SPEC : undefined);
@@ -84,11 +89,22 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case "down": {
+      if (values.kernel) {
+        const { kernelDown } = await import("./kernel.js");
+        await kernelDown({ step });
+        return 0;
+      }
       await lab.down(step);
       step(`lab "${lab.c.instance}" is down (logs kept in ${join(stateDir, "logs")})`);
       return 0;
     }
     case "status": {
+      if (values.kernel) {
+        const { kernelStatus } = await import("./kernel.js");
+        const k = kernelStatus({});
+        out(`kernel lab (User-Mode Linux): ${k.running ? "running" : "not running"}\n${k.text}`);
+        return k.running ? 0 : 3;
+      }
       if (!loaded) {
         const t = await topologyState(lab.c);
         out(`lab "${instance}": not running${t.present.length ? ` (but namespaces exist: ${t.present.join(", ")}; run down)` : ""}`);
@@ -107,6 +123,13 @@ async function main(argv: string[]): Promise<number> {
       return r.code;
     }
     case "exec": {
+      if (argv.includes("--kernel")) {
+        const { kernelExec } = await import("./kernel.js");
+        const script = argv.slice(1).filter((a) => a !== "--kernel").join(" ");
+        const r = await kernelExec({}, script);
+        process.stdout.write(r.output);
+        return r.code;
+      }
       const [node, ...rest] = argv.slice(1);
       if (!node || rest.length === 0) throw new Error("usage: fleetswan-lab exec NODE CMD...");
       const r = await run(["ip", "netns", "exec", lab.ns(node), ...rest], { allowFail: true, timeoutMs: 3_600_000 });

@@ -70,6 +70,9 @@ export interface UpOptions {
   step?: (msg: string) => void;
 }
 
+/** Timeouts grow inside User-Mode Linux (every syscall is traced; node starts slowly). */
+const SLOW = process.env.FLEETSWAN_IN_UML === "1" ? 6 : 1;
+
 const FLEETSWAN_BIN = (c: LabConfig): string => join(c.repoDir, "bin", "fleetswan.js");
 
 export class Lab {
@@ -130,7 +133,7 @@ export class Lab {
 
   /** Run `fleetswan ARGS...` (the CLI of this checkout) against the lab. */
   fleetswan(args: readonly string[], opts: { allowFail?: boolean; timeoutMs?: number; input?: string } = {}): Promise<RunResult> {
-    return run([process.execPath, FLEETSWAN_BIN(this.c), ...args], { env: this.env, timeoutMs: opts.timeoutMs ?? 60_000, allowFail: opts.allowFail, input: opts.input });
+    return run([process.execPath, FLEETSWAN_BIN(this.c), ...args], { env: this.env, timeoutMs: (opts.timeoutMs ?? 60_000) * SLOW, allowFail: opts.allowFail, input: opts.input });
   }
 
   async fleetStatus(): Promise<FleetStatusJson> {
@@ -211,6 +214,7 @@ export class Lab {
 
   /** Start a defined daemon (no-op if it runs) and wait until it is ready. */
   async start(name: string, timeoutMs = 30_000): Promise<void> {
+    timeoutMs *= SLOW;
     const d = this.daemon(name);
     if (!this.running(name)) {
       spawnDaemon({ argv: d.argv, env: { ...this.env, ...(d.env ?? {}) }, logFile: this.logOf(name), pidFile: pidFile(this.c, name), cwd: this.c.repoDir });
@@ -286,7 +290,7 @@ export class Lab {
   /** (Re)write gw-c's swanctl.conf and load it. */
   async loadPeerConfig(g: LabGateway, o: PeerConnOptions = {}): Promise<void> {
     const p = charonPaths(gatewayDir(this.c, g));
-    writeFileSync(p.swanctlConf, renderSwanctlConf(g, this.tunnels, o));
+    writeFileSync(p.swanctlConf, renderSwanctlConf(g, this.tunnels, { encap: this.c.backend !== "xfrm", ...o }));
     chmodSync(p.swanctlConf, 0o600);
     const r = await this.swanctl(g, ["--load-all", "--clear", "--file", p.swanctlConf], { allowFail: true });
     if (r.code !== 0) throw new Error(`swanctl --load-all on ${g.name} failed:\n${r.stdout}${r.stderr}`);
@@ -364,7 +368,7 @@ export class Lab {
       await this.fresh(o, step);
     }
     if (o.verify !== false) {
-      await this.waitAllUp(o.tunnelTimeoutMs ?? 90_000, step);
+      await this.waitAllUp((o.tunnelTimeoutMs ?? 90_000) * SLOW, step);
       await this.pingAll(step);
     }
   }
@@ -402,7 +406,7 @@ export class Lab {
     if (ar.code !== 0) throw new Error(`fleetswan apply failed (exit ${ar.code}):\n${ar.stdout}${ar.stderr}`);
 
     for (const g of peerGateways(c)) {
-      step(`${g.name}: strongSwan charon (kernel-libipsec, encap)`);
+      step(`${g.name}: strongSwan charon (${c.backend === "xfrm" ? "kernel-netlink, kernel ESP" : "kernel-libipsec, encap"})`);
       const dir = gatewayDir(c, g);
       const p = charonPaths(dir);
       mkdirSync(p.run, { recursive: true });

@@ -112,7 +112,8 @@ export function labSpec(c: LabConfig, o: SpecOptions = {}): Record<string, Yaml>
   }
   const spec: Record<string, Yaml> = {
     version: 1,
-    defaults: { ...LAB_DEFAULTS, ...(o.defaults ?? {}) },
+    // kernel ESP (xfrm): plain ESP unless there is NAT; userspace: ESP-in-UDP always
+    defaults: { ...LAB_DEFAULTS, ...(c.backend === "xfrm" ? { encapsulation: "auto" } : {}), ...(o.defaults ?? {}) },
     proposals: { lab: LAB_PROPOSALS, ...(o.proposals ?? {}) },
     gateways,
   };
