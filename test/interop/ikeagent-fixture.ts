@@ -140,11 +140,12 @@ export interface Env {
 }
 
 /** Starts the topology, charon in gwa (with `charon` config) and our agent in gwb (with `yaml`). */
-export async function startEnv(yaml: string, charonSwanctl: string, opts: { charonExtra?: string } = {}): Promise<Env> {
+export async function startEnv(yaml: string, charonSwanctl: string, opts: { charonExtra?: string; before?: (charonDir: string) => Promise<void> } = {}): Promise<Env> {
   const net = await siteToSiteTopology(newRunId());
   let charon: Charon | undefined;
   try {
     charon = await startCharon({ ns: net.nsOf('gwa'), name: 'gwa', mode: 'libipsec', net, charonExtra: opts.charonExtra ?? 'retransmit_timeout = 1\n  retransmit_tries = 2' });
+    await opts.before?.(charon.dir);
     await charon.load(charonSwanctl);
     const agent = await startAgent(net, yaml);
     return {
@@ -204,6 +205,34 @@ export async function startAgent(net: Topology, yaml: string): Promise<Agent> {
     return existsSync(socket) && (await ctl(['conns'])).code === 0;
   }, { timeoutMs: 20000, intervalMs: 200 });
   return agent;
+}
+
+export type KeyKind = 'ecdsa-p256' | 'ed25519' | 'rsa-3072';
+
+/**
+ * A test CA and leaf certificates for gwa and gwb (SAN DNS = their ids) made with the
+ * openssl CLI, of one key type. Writes the swanctl layout for charon (x509ca/, x509/,
+ * private/ under `charonDir`) and returns the files for our side.
+ */
+export async function makePki(dir: string, kind: KeyKind, charonDir: string): Promise<{ ca: string; gwbKey: string; gwbCert: string }> {
+  mkdirSync(dir, { recursive: true });
+  const alg = kind === 'ecdsa-p256' ? ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256'] : kind === 'ed25519' ? ['-algorithm', 'ED25519'] : ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:3072'];
+  const key = async (f: string) => run(['openssl', 'genpkey', ...alg, '-out', f]);
+  const ca = join(dir, 'ca.crt');
+  await key(join(dir, 'ca.key'));
+  await run(['openssl', 'req', '-x509', '-new', '-key', join(dir, 'ca.key'), '-out', ca, '-days', '2', '-subj', `/O=fleetswan test/CN=fleetswan ${kind} CA`,
+    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+  for (const [gw, id] of [['gwa', A.id], ['gwb', B.id]] as const) {
+    await key(join(dir, `${gw}.key`));
+    await run(['openssl', 'req', '-new', '-key', join(dir, `${gw}.key`), '-out', join(dir, `${gw}.csr`), '-subj', `/O=fleetswan test/CN=${id}`]);
+    writeFileSync(join(dir, `${gw}.ext`), `subjectAltName=DNS:${id}\nextendedKeyUsage=serverAuth,clientAuth\n`);
+    await run(['openssl', 'x509', '-req', '-in', join(dir, `${gw}.csr`), '-CA', ca, '-CAkey', join(dir, 'ca.key'), '-CAcreateserial', '-out', join(dir, `${gw}.crt`), '-days', '2', '-extfile', join(dir, `${gw}.ext`)]);
+  }
+  for (const d of ['x509ca', 'x509', 'private']) mkdirSync(join(charonDir, d), { recursive: true });
+  writeFileSync(join(charonDir, 'x509ca', 'ca.crt'), readFileSync(ca));
+  writeFileSync(join(charonDir, 'x509', 'gwa.crt'), readFileSync(join(dir, 'gwa.crt')));
+  writeFileSync(join(charonDir, 'private', 'gwa.key'), readFileSync(join(dir, 'gwa.key')));
+  return { ca, gwbKey: join(dir, 'gwb.key'), gwbCert: join(dir, 'gwb.crt') };
 }
 
 /** Lines of our log with a message (JSON lines: msg field). */

@@ -7,8 +7,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { countPackets, ipsecSummary, needExecutable, needRoot, skipReason, sleep, startCapture, waitFor, CHARON, SWANCTL } from '../harness/index.js';
-import { A, B, agentYaml, charonConf, curlMetrics, logMessages, startEnv, type AgentSa, type Env } from './ikeagent-fixture.js';
+import { countPackets, ipsecSummary, makeTempDir, needExecutable, needRoot, skipReason, sleep, startCapture, waitFor, CHARON, SWANCTL } from '../harness/index.js';
+import { join } from 'node:path';
+import { A, B, agentYaml, charonConf, curlMetrics, logMessages, makePki, startEnv, type AgentSa, type Env } from './ikeagent-fixture.js';
 
 const skip = skipReason(needRoot(), needExecutable(CHARON, SWANCTL));
 
@@ -225,3 +226,44 @@ test('traffic: ping through the tunnel both ways, ESP-in-UDP on the wire and no 
     assert.equal(await countPackets(cap.file, 'icmp'), 0, 'no cleartext ICMP on the wire');
   });
 });
+
+// ------------------------------------------------------------ certificates --
+
+for (const kind of ['ecdsa-p256', 'ed25519', 'rsa-3072'] as const) {
+  test(`certificates (${kind}, RFC 7427 signatures, chain to a test CA): both directions`, { skip: skip ?? needExecutable('/usr/bin/openssl') ?? false }, async () => {
+    const pkiDir = makeTempDir(`fs-pki-${kind}`);
+    // The YAML refers to files that exist only after makePki(); paths are fixed up front.
+    const files = { ca: join(pkiDir, 'ca.crt'), gwbKey: join(pkiDir, 'gwb.key'), gwbCert: join(pkiDir, 'gwb.crt') };
+    const yaml = agentYaml({
+      auth: 'pubkey',
+      secretRef: 'gwb-key',
+      extraSecrets: `  gwb-key:\n    private_key_file: ${files.gwbKey}\n    certificate_file: ${files.gwbCert}\n`,
+      remoteCaFile: files.ca,
+    });
+    const conf = charonConf({ auth: { cert: 'gwa.crt', key: 'gwa.key', ca: 'ca.crt' } });
+    let env: Env | undefined;
+    try {
+      env = await startEnvDeferred(yaml, conf, async (charonDir) => {
+        await makePki(pkiDir, kind, charonDir);
+      });
+      await env.charon.initiate({ child: 'net' });
+      const { theirs } = await assertAgree(env);
+      assert.match(env.charon.logTail(200), /authentication of 'gwb\.example\.test' with (RSA_EMSA_PSS|ECDSA|ED25519|RSA signature|.*) successful/);
+      void theirs;
+      await env.charon.terminate({ ike: 's2s' });
+      await waitFor('our SA gone', async () => (await env!.agent.status()).length === 0, { timeoutMs: 10000, intervalMs: 200 });
+      const r = await env.agent.ctl(['up', 'net', '--wait', '--timeout', '15000']);
+      assert.equal(r.code, 0, r.stdout + r.stderr);
+      await assertAgree(env);
+    } catch (err) {
+      if (env) throw new Error(`${(err as Error).message}\n--- ikeagent:\n${logMessages(env.agent).slice(-30).join('\n')}\n--- charon:\n${env.charon.logTail(60)}`);
+      throw err;
+    } finally {
+      await env?.destroy();
+    }
+  });
+}
+
+async function startEnvDeferred(yaml: string, conf: string, before: (charonDir: string) => Promise<void>): Promise<Env> {
+  return startEnv(yaml, conf, { before });
+}
