@@ -116,3 +116,67 @@ test("controller secrets: applied while keymgr is down, generated and assigned t
   assert.equal(await metric(env.registry, "fleetswan_controller_secrets_orphaned"), 0);
   assert.deepEqual(km.listSecrets().secrets.filter((x) => x.name.startsWith("psk.")).map((s) => s.version), versions);
 });
+
+const PUBKEY = `gateways:
+  - { name: gw-a, id: gw-a.vpn.example.net, addresses: [192.0.2.1], subnets: [10.1.0.0/16] }
+  - { name: gw-b, addresses: [192.0.2.2, 198.51.100.2], subnets: [10.2.0.0/16] }
+  - { name: gw-c, addresses: [192.0.2.3], subnets: [10.3.0.0/16] }
+connections:
+  - { name: a-b, gateways: [gw-a, gw-b], auth: pubkey }
+  - { name: a-c, gateways: [gw-a, gw-c] }
+`;
+
+test("controller certificates: pubkey connections get certificates from the fleet CA in their views; renewed before expiry and after a keymgr-side reissue", { timeout: 90_000 }, async (t) => {
+  let offsetMs = 0;
+  const env = await setup(t, { now: () => new Date(Date.now() + offsetMs), secretReconcileIntervalMs: 0 });
+  if (!env) return;
+  const km = await env.startKeymgr();
+  const r = await env.client.apply({ specYaml: PUBKEY, sourceName: "fleet.yaml", baseRevision: 0n });
+  assert.equal(r.error, undefined, JSON.stringify(r.error));
+  assert.deepEqual(r.warnings, []);
+  const kv = await env.nc.jetstream().views.kv(BUCKET.views);
+  const view = async (gw: string) => fleet.GatewayView.decode((await kv.get(gw))!.value);
+  const ca = km.caCertificatePem()!;
+  const va = await view("gw-a");
+  const ab = va.connections.find((c) => c.name === "a-b")!;
+  assert.equal(ab.secretRef, "cert.gw-a");
+  assert.equal(ab.local!.auth, fleet.AuthMethod.AUTH_METHOD_PUBKEY);
+  const certA = new X509Certificate(ab.local!.certificatePem);
+  assert.ok(certA.checkIssued(new X509Certificate(ca)), "issued by the fleet CA");
+  assert.equal(certA.subject, "CN=gw-a");
+  assert.match(certA.subjectAltName!, /DNS:gw-a\.vpn\.example\.net/);
+  assert.match(certA.subjectAltName!, /IP Address:192\.0\.2\.1/);
+  assert.deepEqual(va.caCertificates, [ca], "the fleet CA is trusted");
+  assert.equal(va.connections.find((c) => c.name === "a-c")!.local!.certificatePem, "", "PSK connection: no certificate");
+  const certB = new X509Certificate((await view("gw-b")).connections[0]!.local!.certificatePem);
+  assert.match(certB.subjectAltName!, /IP Address:198\.51\.100\.2/);
+  assert.equal((await view("gw-c")).caCertificates.length, 0, "gw-c has no pubkey connection");
+  const names = km.listSecrets().secrets.map((s) => s.name);
+  for (const n of ["cert.gw-a", "cert.gw-b", "psk.a-c"]) assert.ok(names.includes(n), `${n} in keymgr (${names.join(",")})`);
+  assert.ok(!names.includes("cert.gw-c"));
+
+  // a pass with nothing due changes nothing
+  const kvRev = (await kv.get("gw-a"))!.revision;
+  await env.ctl.reconcileSecrets();
+  assert.equal((await kv.get("gw-a"))!.revision, kvRev);
+
+  // 60 days later (of 90): renewal is due; the view gets the new certificate, same spec revision
+  offsetMs = 60 * 86_400_000;
+  await env.ctl.reconcileSecrets();
+  const va2 = await view("gw-a");
+  const certA2 = new X509Certificate(va2.connections.find((c) => c.name === "a-b")!.local!.certificatePem);
+  assert.notEqual(certA2.serialNumber, certA.serialNumber, "renewed");
+  assert.equal(va2.revision, va.revision, "a renewal is not a spec change");
+  offsetMs = 0;
+
+  // keymgr reissued cert.gw-b by itself (rotation): the controller notices and reissues so that the view matches
+  const beforeB = (await view("gw-b")).connections[0]!.local!.certificatePem;
+  await km.rotateSecret("cert.gw-b");
+  await env.ctl.reconcileSecrets();
+  const afterB = (await view("gw-b")).connections[0]!.local!.certificatePem;
+  assert.notEqual(afterB, beforeB);
+  const certsKv = await env.nc.jetstream().views.kv(BUCKET.certs);
+  const recB = (await certsKv.get("gw-b"))!.json<{ keymgrVersion: number; certificatePem: string }>();
+  assert.equal(recB.keymgrVersion, km.listSecrets().secrets.find((s) => s.name === "cert.gw-b")!.version);
+  assert.equal(env.ctl.secretsPending, 0);
+});

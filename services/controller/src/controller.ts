@@ -6,7 +6,8 @@ import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 import { controller as api, fleet, keymgr } from "@fleetswan/proto";
 import { compileSpec, pskFingerprint, SpecInvalidError, type CompiledFleet, type Resolver } from "./spec/compile.js";
 import { buildViews, EMPTY_STATE, nextState, renderGateways, resolveState, secretRefFor, type RenderState } from "./render.js";
-import { BUCKET, CONTROLLER_QUEUE, SPEC_KEY, subjects, type EnrollTicket, type SpecRecord } from "./layout.js";
+import { BUCKET, CONTROLLER_QUEUE, SPEC_KEY, subjects, type CertRecord, type EnrollTicket, type SpecRecord } from "./layout.js";
+import { isHostName, isIpLiteral } from "./net.js";
 
 export interface ControllerOptions {
   nc: NatsConnection;
@@ -28,6 +29,14 @@ export interface ControllerOptions {
    * the next attempt comes after min(this, 5 s).
    */
   secretReconcileIntervalMs?: number;
+  /** Validity of gateway certificates requested from keymgr (default 90 days). */
+  certValidDays?: number;
+  /**
+   * Renew a gateway certificate when less than this fraction of its validity is left
+   * (default 0.5: before keymgr's own renewal at 1/3, so the controller knows every
+   * certificate it puts into views).
+   */
+  certRenewFraction?: number;
   now?: () => Date;
 }
 
@@ -73,6 +82,11 @@ export class Controller {
   #status!: KV;
   #events!: KV;
   #enroll!: KV;
+  #certs!: KV;
+  readonly #certCache = new Map<string, { rec: CertRecord; revision: number }>();
+  /** Something outside the spec that views contain (certificates) changed: re-render. */
+  #viewsDirty = false;
+  readonly #replicaId = randomBytes(6).toString("hex");
   #subs: Subscription[] = [];
   #timers: NodeJS.Timeout[] = [];
   #stopped = false;
@@ -108,6 +122,8 @@ export class Controller {
       staleAfterMs: 30_000,
       replicas: 1,
       secretReconcileIntervalMs: 30_000,
+      certValidDays: 90,
+      certRenewFraction: 0.5,
       now: () => new Date(),
       ...opts,
     };
@@ -163,6 +179,19 @@ export class Controller {
     this.#status = await js.views.kv(BUCKET.status, { history: 1, replicas: r });
     this.#events = await js.views.kv(BUCKET.events, { history: 1, replicas: r });
     this.#enroll = await js.views.kv(BUCKET.enroll, { history: 1, replicas: r });
+    this.#certs = await js.views.kv(BUCKET.certs, { history: 2, replicas: r });
+    let certsInitialised = false;
+    await this.#watchInto(this.#certs, (e) => {
+      const before = this.#certCache.get(e.key)?.rec.certificatePem;
+      if (e.operation === "PUT") this.#certCache.set(e.key, { rec: e.json<CertRecord>(), revision: e.revision });
+      else this.#certCache.delete(e.key);
+      if (certsInitialised && this.#certCache.get(e.key)?.rec.certificatePem !== before) {
+        // A certificate changed (this or another replica renewed it): views follow.
+        this.#viewsDirty = true;
+        void this.reconcile().catch((err) => this.#o.log.warn({ err }, "reconcile after certificate change failed"));
+      }
+    });
+    certsInitialised = true;
     await this.#watchInto(this.#status, (e) => {
       if (e.operation === "PUT") this.#statusCache.set(e.key, fleet.AgentStatus.decode(e.value));
       else this.#statusCache.delete(e.key);
@@ -286,7 +315,7 @@ export class Controller {
       lap("stored");
       if (!this.#current || this.#current.revision < revision) this.#current = { revision, record, fleet: compiled };
       const resolved = resolveState(state, revision);
-      await this.#writeViews(buildViews(rendered, resolved), Object.keys(prev.views).filter((g) => !rendered.has(g)), revision);
+      await this.#writeViews(buildViews(rendered, resolved, (gw) => this.#certFor(gw)), Object.keys(prev.views).filter((g) => !rendered.has(g)), revision);
       lap("views written");
       this.#reconciled = Math.max(this.#reconciled, revision);
       warnings.push(...(await this.reconcileSecrets({ cached: true })));
@@ -339,7 +368,7 @@ export class Controller {
       if (!cur || this.#stopped) return [];
       const wanted = Controller.wantedSecrets(cur.fleet);
       const key = (name: string, gws: string[]) => `${name}|${gws.join(",")}`;
-      if (opts.cached && [...wanted].every(([n, w]) => this.#secretsOk.has(key(n, w.gateways)))) {
+      if (opts.cached && [...wanted].every(([n, w]) => this.#secretsOk.has(key(n, w.gateways))) && this.#certsDue(cur.fleet).length === 0) {
         this.#m.secretReconciles.inc({ outcome: "cached" });
         this.#m.secretsPending.set(0);
         this.#secretsPendingCount = 0;
@@ -350,6 +379,7 @@ export class Controller {
         list = await this.#keymgr("ListSecrets", keymgr.ListSecretsRequest.encode({}).finish(), (b) => keymgr.ListSecretsResponse.decode(b));
       } catch (e) {
         const pending = [...wanted].filter(([n, w]) => !this.#secretsOk.has(key(n, w.gateways))).map(([n]) => n);
+        pending.push(...this.#certsDue(cur.fleet).map((d) => `cert.${d.gw}`));
         this.#setPending(pending.length);
         this.#m.secretReconciles.inc({ outcome: "keymgr_unavailable" });
         if (!pending.length) return [];
@@ -387,6 +417,9 @@ export class Controller {
           }
         }
       });
+      const certs = await this.#reconcileCerts(cur.fleet, new Map(list.secrets.map((i) => [i.name, i.version])));
+      warnings.push(...certs.warnings);
+      for (let i = 0; i < certs.pending; i++) pending.push("cert");
       // Secrets of connections (and certificates of gateways) no longer in the spec.
       // keymgr's API has no delete method: they are counted and reported, not removed
       // (docs/nats-layout.md "Secrets of removed connections").
@@ -430,6 +463,96 @@ export class Controller {
     }, delay);
     t.unref();
     this.#timers.push(t);
+  }
+
+  #certFor(gw: string): { certificatePem: string; caPem: string } | undefined {
+    const c = this.#certCache.get(gw)?.rec;
+    return c?.certificatePem ? { certificatePem: c.certificatePem, caPem: c.caPem } : undefined;
+  }
+
+  /** subjectAltNames of a gateway certificate: its IKE identity (FQDN or IP) and its addresses. */
+  static certNames(g: { id: string; addresses: string[] }): { dnsNames: string[]; ipAddresses: string[] } {
+    const ips = new Set(g.addresses.filter(isIpLiteral));
+    const dns = new Set<string>();
+    if (isIpLiteral(g.id)) ips.add(g.id);
+    else if (isHostName(g.id)) dns.add(g.id.toLowerCase());
+    // user@fqdn and DN identities: keymgr's proto carries no email SAN; the subject is CN=<gateway>.
+    return { dnsNames: [...dns].sort(), ipAddresses: [...ips].sort() };
+  }
+
+  /** Certificates to (re)issue: missing, other names, renewal due, or replaced in keymgr behind our back. */
+  #certsDue(f: CompiledFleet, keymgrVersions?: Map<string, number>): { gw: string; dnsNames: string[]; ipAddresses: string[]; why: string }[] {
+    const now = this.#o.now().getTime();
+    const out: { gw: string; dnsNames: string[]; ipAddresses: string[]; why: string }[] = [];
+    for (const gw of this.#certGateways(f)) {
+      const names = Controller.certNames(f.gateways.get(gw)!);
+      const rec = this.#certCache.get(gw)?.rec;
+      let why = "";
+      if (!rec?.certificatePem) why = "new";
+      else if (rec.dnsNames.join() !== names.dnsNames.join() || rec.ipAddresses.join() !== names.ipAddresses.join()) why = "names changed";
+      else if (Date.parse(rec.notAfter) - now < rec.validDays * 86_400_000 * this.#o.certRenewFraction) why = "renewal due";
+      else if (keymgrVersions && keymgrVersions.get(`cert.${gw}`) !== rec.keymgrVersion) why = "replaced in keymgr";
+      if (why) out.push({ gw, ...names, why });
+    }
+    return out;
+  }
+
+  /**
+   * Issue (or renew) the certificates of gateways with pubkey connections through keymgr
+   * (IssueCertificate) and record them in fleet-certs/<gw>. One replica per gateway: it
+   * first claims the record with compare-and-set (the claim expires after 60 s).
+   * Returns warnings; views are re-rendered when a certificate changed.
+   */
+  async #reconcileCerts(f: CompiledFleet, keymgrVersions: Map<string, number>): Promise<{ warnings: string[]; pending: number }> {
+    const due = this.#certsDue(f, keymgrVersions);
+    const warnings: string[] = [];
+    let pending = 0;
+    let changed = false;
+    await parallel(due, 4, async (d) => {
+      const now = this.#o.now();
+      const entry = this.#certCache.get(d.gw);
+      if (entry?.rec.claim && Date.parse(entry.rec.claim.until) > Date.now()) { pending++; return; } // another replica is on it
+      const claimed: CertRecord = entry ? { ...entry.rec, claim: { until: new Date(Date.now() + 60_000).toISOString() } }
+        : { gateway: d.gw, certificatePem: "", caPem: "", notAfter: "", issuedAt: "", validDays: this.#o.certValidDays, dnsNames: [], ipAddresses: [], keymgrVersion: 0, claim: { until: new Date(Date.now() + 60_000).toISOString() } };
+      let claimRev: number;
+      try {
+        const bytes = enc.encode(JSON.stringify(claimed));
+        claimRev = entry ? await this.#certs.update(d.gw, bytes, entry.revision) : await this.#certs.create(d.gw, bytes);
+      } catch (e) {
+        if (isWrongSequence(e)) { pending++; return; } // another replica claimed it first
+        throw e;
+      }
+      try {
+        const res = await this.#keymgr("IssueCertificate", keymgr.IssueCertificateRequest.encode({ gateway: d.gw, dnsNames: d.dnsNames, ipAddresses: d.ipAddresses, keyType: "ecdsa-p256", validDays: this.#o.certValidDays }).finish(), (b) => keymgr.IssueCertificateResponse.decode(b));
+        if (res.error?.code) throw new FleetswanError(res.error.code, `keymgr refused a certificate for ${d.gw}: ${res.error.message}`);
+        const list = await this.#keymgr("ListSecrets", keymgr.ListSecretsRequest.encode({}).finish(), (b) => keymgr.ListSecretsResponse.decode(b));
+        const rec: CertRecord = {
+          gateway: d.gw, certificatePem: res.certificatePem, caPem: res.caPem, notAfter: (res.notAfter ?? now).toISOString(), issuedAt: now.toISOString(),
+          validDays: this.#o.certValidDays, dnsNames: d.dnsNames, ipAddresses: d.ipAddresses,
+          keymgrVersion: list.secrets.find((x) => x.name === res.secretName)?.version ?? 0,
+        };
+        const rev = await this.#certs.update(d.gw, enc.encode(JSON.stringify(rec)), claimRev);
+        this.#certCache.set(d.gw, { rec, revision: rev });
+        changed = true;
+        this.#o.log.info({ gateway: d.gw, why: d.why, notAfter: rec.notAfter, dnsNames: d.dnsNames, ipAddresses: d.ipAddresses }, "gateway certificate issued");
+      } catch (e) {
+        pending++;
+        warnings.push(`certificate for ${d.gw} (${d.why}) pending: ${(e as Error).message}`);
+        // Release the claim so that the next pass (any replica) tries again.
+        const back: CertRecord = { ...claimed };
+        delete back.claim;
+        await this.#certs.update(d.gw, enc.encode(JSON.stringify(back)), claimRev).catch(() => undefined);
+      }
+    });
+    if (changed) await this.#refreshViews();
+    return { warnings, pending };
+  }
+
+  /** Re-render the current revision's views now (after a certificate change). */
+  async #refreshViews(): Promise<void> {
+    await this.#reconciling?.catch(() => undefined);
+    this.#viewsDirty = true;
+    await this.reconcile();
   }
 
   /** Gateways that need a certificate (local end of a pubkey connection). */
@@ -483,10 +606,11 @@ export class Controller {
     this.#reconciling ??= (async () => {
       try {
         const cur = await this.#currentRecord();
-        if (!cur.record || cur.revision <= this.#reconciled || this.#stopped) return;
+        if (!cur.record || (cur.revision <= this.#reconciled && !this.#viewsDirty) || this.#stopped) return;
+        this.#viewsDirty = false;
         const f = await this.#compileRecord(cur.record);
         const rendered = renderGateways(f);
-        const views = buildViews(rendered, resolveState(cur.record.state, cur.revision));
+        const views = buildViews(rendered, resolveState(cur.record.state, cur.revision), (gw) => this.#certFor(gw));
         const stale: string[] = [];
         for await (const k of await this.#views.keys()) if (!views.has(k)) stale.push(k);
         await this.#writeViews(views, stale, cur.revision);

@@ -15,6 +15,8 @@ export const BUCKET = {
   events: "fleet-events",
   /** Key "<gateway>": JSON EnrollTicket (hash of a one-time token). Read and deleted by keymgr. */
   enroll: "fleet-enroll",
+  /** Key "<gateway>": JSON CertRecord, the gateway certificate the controller got from keymgr. */
+  certs: "fleet-certs",
 } as const;
 
 export const SPEC_KEY = "spec";
@@ -56,4 +58,26 @@ export interface EnrollTicket {
   token_sha256: string;
   created_at: string;
   expires_at: string;
+}
+
+/**
+ * Value of fleet-certs/<gateway>: the certificate keymgr issued for the gateway (its
+ * private key is keymgr's secret cert.<gateway>, sealed to the gateway only). Written by
+ * the controller with compare-and-set; `claim` marks an issuance in progress so that two
+ * replicas do not both ask keymgr.
+ */
+export interface CertRecord {
+  gateway: string;
+  /** Leaf certificate (PEM); empty before the first issuance completed. */
+  certificatePem: string;
+  /** The fleet CA (PEM). */
+  caPem: string;
+  notAfter: string;
+  issuedAt: string;
+  validDays: number;
+  dnsNames: string[];
+  ipAddresses: string[];
+  /** Version of keymgr's secret cert.<gateway> right after issuance (a keymgr-side renewal or rotation changes it). */
+  keymgrVersion: number;
+  claim?: { until: string };
 }

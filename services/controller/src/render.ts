@@ -140,20 +140,39 @@ export function nextState(rendered: Map<string, RenderedGateway>, prev: RenderSt
   return { state, changes };
 }
 
-/** The views of a revision, from its resolved state. */
-export function buildViews(rendered: Map<string, RenderedGateway>, state: RenderState): Map<string, GatewayView> {
+/** A gateway's certificate from the fleet CA (pubkey auth), not part of the spec. */
+export interface GatewayCert {
+  certificatePem: string;
+  caPem: string;
+}
+
+/**
+ * The views of a revision, from its resolved state. `certOf` adds what is not in the
+ * spec: for connections with pubkey auth, the gateway's certificate (local.certificate_pem;
+ * its private key is the sealed secret cert.<gw>) and the fleet CA (ca_certificates).
+ * These change on renewal without a new spec revision: the view keeps its revision and
+ * only its bytes change.
+ */
+export function buildViews(rendered: Map<string, RenderedGateway>, state: RenderState, certOf: (gw: string) => GatewayCert | undefined = () => undefined): Map<string, GatewayView> {
   const out = new Map<string, GatewayView>();
   for (const [gw, r] of rendered) {
     const v = state.views[gw];
     if (!v) throw new Error(`render state has no view for gateway ${gw}`);
+    const pubkey = r.defs.some((d) => d.local?.auth === fleet.AuthMethod.AUTH_METHOD_PUBKEY);
+    const cert = pubkey ? certOf(gw) : undefined;
+    const cas = cert?.caPem && !r.caCertificates.includes(cert.caPem) ? [...r.caCertificates, cert.caPem] : r.caCertificates;
     out.set(gw, fleet.GatewayView.fromPartial({
       gateway: gw,
       revision: BigInt(v.r),
       renderedAt: new Date(v.t),
       self: r.self,
-      connections: r.defs.map((d) => ({ ...d, revision: BigInt(state.conns[`${gw}/${d.name}`]?.r ?? v.r) })),
+      connections: r.defs.map((d) => ({
+        ...d,
+        ...(cert?.certificatePem && d.local?.auth === fleet.AuthMethod.AUTH_METHOD_PUBKEY ? { local: { ...d.local, certificatePem: cert.certificatePem } } : {}),
+        revision: BigInt(state.conns[`${gw}/${d.name}`]?.r ?? v.r),
+      })),
       policyGroups: r.policyGroups,
-      caCertificates: r.caCertificates,
+      caCertificates: cas,
     }));
   }
   return out;
