@@ -16,7 +16,7 @@
  * resent after timeout(n) = base × 1.8^n seconds for n = 0..tries-1, and the exchange
  * fails after the last timeout. With the defaults (4 s, 1.8, 5 tries):
  *
- *   send at 0 s, resend at 4, 11.2, 24.2, 47.6, 89.7 s, give up at 165.5 s.
+ *   send at 0 s, resend at 4, 11.2, 24.2, 47.5, 89.5 s, give up at 165.1 s.
  *
  * A task may set `deadlineMs` (DPD: the dpd_timeout) to give up earlier.
  */
