@@ -140,7 +140,9 @@ export interface Env {
 }
 
 /** Starts the topology, charon in gwa (with `charon` config) and our agent in gwb (with `yaml`). */
-export async function startEnv(yaml: string, charonSwanctl: string, opts: { charonExtra?: string; before?: (charonDir: string) => Promise<void> } = {}): Promise<Env> {
+export type AgentConfig = string | { ipsecConf: string; ipsecSecrets: string };
+
+export async function startEnv(yaml: AgentConfig, charonSwanctl: string, opts: { charonExtra?: string; before?: (charonDir: string) => Promise<void> } = {}): Promise<Env> {
   const net = await siteToSiteTopology(newRunId());
   let charon: Charon | undefined;
   try {
@@ -165,11 +167,19 @@ export async function startEnv(yaml: string, charonSwanctl: string, opts: { char
   }
 }
 
-export async function startAgent(net: Topology, yaml: string): Promise<Agent> {
+export async function startAgent(net: Topology, yaml: AgentConfig): Promise<Agent> {
   const dir = makeTempDir(`fs-agent-${net.runId}`);
   mkdirSync(dir, { recursive: true });
   const cfg = join(dir, 'agent.yaml');
-  writeFileSync(cfg, yaml);
+  let source: string[];
+  if (typeof yaml === 'string') {
+    writeFileSync(cfg, yaml);
+    source = ['--config', cfg];
+  } else {
+    writeFileSync(join(dir, 'ipsec.conf'), yaml.ipsecConf);
+    writeFileSync(join(dir, 'ipsec.secrets'), yaml.ipsecSecrets, { mode: 0o600 });
+    source = ['--ipsec-conf', join(dir, 'ipsec.conf'), '--ipsec-secrets', join(dir, 'ipsec.secrets')];
+  }
   const socket = join(dir, 'ikeagent.sock');
   const metricsPort = 19743;
   const dataplane = process.env.FLEETSWAN_INTEROP_DATAPLANE === 'userspace' ? join(dir, 'dataplane.sock') : 'fake';
@@ -177,7 +187,7 @@ export async function startAgent(net: Topology, yaml: string): Promise<Agent> {
     net.spawn('gwb', ['node', FLEETSWAN, 'dataplane', '--backend', 'userspace', '--socket', dataplane, '--metrics-port', '0', '--natt-port', '4500', '--state-file', join(dir, 'dataplane-state.json')], { logFile: join(dir, 'dataplane.log') });
     await waitFor('dataplane socket', async () => existsSync(dataplane), { timeoutMs: 15000, intervalMs: 100 });
   }
-  const proc = net.spawn('gwb', ['node', FLEETSWAN, 'ikeagent', '--config', cfg, '--dataplane', dataplane, '--control-socket', socket, '--metrics-port', String(metricsPort), '--metrics-host', '127.0.0.1', '--address', B.addr, '--retransmit-timeout', '1000', '--retransmit-tries', '2', '--delete-on-exit', '--log-level', 'debug'], {
+  const proc = net.spawn('gwb', ['node', FLEETSWAN, 'ikeagent', ...source, '--dataplane', dataplane, '--control-socket', socket, '--metrics-port', String(metricsPort), '--metrics-host', '127.0.0.1', '--address', B.addr, '--retransmit-timeout', '1000', '--retransmit-tries', '2', '--delete-on-exit', '--log-level', 'debug'], {
     logFile: join(dir, 'ikeagent.log'),
   });
   const ctl = async (args: string[], allowFail = true) => {

@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { countPackets, ipsecSummary, makeTempDir, needExecutable, needRoot, skipReason, sleep, startCapture, waitFor, CHARON, SWANCTL } from '../harness/index.js';
 import { join } from 'node:path';
-import { A, B, agentYaml, charonConf, curlMetrics, logMessages, makePki, startEnv, type AgentSa, type Env } from './ikeagent-fixture.js';
+import { A, B, PSK, agentYaml, charonConf, curlMetrics, logMessages, makePki, startEnv, type AgentConfig, type AgentSa, type Env } from './ikeagent-fixture.js';
 
 const skip = skipReason(needRoot(), needExecutable(CHARON, SWANCTL));
 
@@ -34,7 +34,7 @@ async function assertAgree(env: Env): Promise<{ ours: AgentSa; theirs: Awaited<R
   return { ours, theirs };
 }
 
-async function withEnv(yaml: string, conf: string, fn: (env: Env) => Promise<void>, opts: { charonExtra?: string } = {}): Promise<void> {
+async function withEnv(yaml: AgentConfig, conf: string, fn: (env: Env) => Promise<void>, opts: { charonExtra?: string } = {}): Promise<void> {
   const env = await startEnv(yaml, conf, opts);
   try {
     await fn(env);
@@ -267,3 +267,36 @@ for (const kind of ['ecdsa-p256', 'ed25519', 'rsa-3072'] as const) {
 async function startEnvDeferred(yaml: string, conf: string, before: (charonDir: string) => Promise<void>): Promise<Env> {
   return startEnv(yaml, conf, { before });
 }
+
+// ---------------------------------------------------------------- ipsec.conf --
+
+test('standalone from ipsec.conf + ipsec.secrets (FreeS/WAN style, %default, also=): auto=start brings it up', { skip: skip ?? false }, async () => {
+  const ipsecConf = `# FreeS/WAN FAQ net-to-net, this host is right
+version 2
+config setup
+    uniqueids=yes
+conn %default
+    keyexchange=ikev2
+    authby=secret
+    ike=aes256gcm16-prfsha256-curve25519
+    esp=aes256gcm16
+    forceencaps=yes
+    keyingtries=1
+conn sites
+    left=${A.addr}
+    leftsubnet=${A.net}
+    leftid=@${A.id}
+    right=${B.addr}
+    rightsubnet=${B.net}
+    rightid=@${B.id}
+conn net
+    also=sites
+    auto=start
+`;
+  const ipsecSecrets = `@${A.id} @${B.id} : PSK "${PSK}"\n`;
+  await withEnv({ ipsecConf, ipsecSecrets }, charonConf(), async (env) => {
+    const { ours } = await assertAgree(env);
+    assert.equal(ours.initiator, true, 'auto=start: we initiated');
+    assert.deepEqual(ours.children![0]!.localTs, [B.net]);
+  });
+});
