@@ -36,6 +36,8 @@ export const B = { addr: '192.0.2.2', id: 'gwb.example.test', net: '10.2.0.0/16'
 
 /** Our side's connection, as agent.yaml. */
 export interface OurConn {
+  /** Our address (default B.addr). */
+  localAddr?: string;
   ike?: string[];
   esp?: string[];
   startAction?: 'add' | 'start' | 'route';
@@ -63,7 +65,7 @@ secrets:
 ${c.extraSecrets ?? ''}connections:
   - name: net
     local:
-      addresses: [${B.addr}]
+      addresses: [${c.localAddr ?? B.addr}]
       id: ${B.id}
       subnets: [${B.net}]
       auth: ${c.auth ?? 'psk'}
@@ -142,14 +144,14 @@ export interface Env {
 /** Starts the topology, charon in gwa (with `charon` config) and our agent in gwb (with `yaml`). */
 export type AgentConfig = string | { ipsecConf: string; ipsecSecrets: string };
 
-export async function startEnv(yaml: AgentConfig, charonSwanctl: string, opts: { charonExtra?: string; before?: (charonDir: string) => Promise<void> } = {}): Promise<Env> {
-  const net = await siteToSiteTopology(newRunId());
+export async function startEnv(yaml: AgentConfig, charonSwanctl: string, opts: { charonExtra?: string; before?: (charonDir: string) => Promise<void>; topology?: () => Promise<Topology>; agentAddr?: string; agentArgs?: string[] } = {}): Promise<Env> {
+  const net = await (opts.topology ?? (() => siteToSiteTopology(newRunId())))();
   let charon: Charon | undefined;
   try {
     charon = await startCharon({ ns: net.nsOf('gwa'), name: 'gwa', mode: 'libipsec', net, charonExtra: opts.charonExtra ?? 'retransmit_timeout = 1\n  retransmit_tries = 2' });
     await opts.before?.(charon.dir);
     await charon.load(charonSwanctl);
-    const agent = await startAgent(net, yaml);
+    const agent = await startAgent(net, yaml, opts.agentAddr, opts.agentArgs);
     return {
       net,
       charon,
@@ -167,7 +169,7 @@ export async function startEnv(yaml: AgentConfig, charonSwanctl: string, opts: {
   }
 }
 
-export async function startAgent(net: Topology, yaml: AgentConfig): Promise<Agent> {
+export async function startAgent(net: Topology, yaml: AgentConfig, address = B.addr, extraArgs: string[] = []): Promise<Agent> {
   const dir = makeTempDir(`fs-agent-${net.runId}`);
   mkdirSync(dir, { recursive: true });
   const cfg = join(dir, 'agent.yaml');
@@ -187,7 +189,7 @@ export async function startAgent(net: Topology, yaml: AgentConfig): Promise<Agen
     net.spawn('gwb', ['node', FLEETSWAN, 'dataplane', '--backend', 'userspace', '--socket', dataplane, '--metrics-port', '0', '--natt-port', '4500', '--state-file', join(dir, 'dataplane-state.json')], { logFile: join(dir, 'dataplane.log') });
     await waitFor('dataplane socket', async () => existsSync(dataplane), { timeoutMs: 15000, intervalMs: 100 });
   }
-  const proc = net.spawn('gwb', ['node', FLEETSWAN, 'ikeagent', ...source, '--dataplane', dataplane, '--control-socket', socket, '--metrics-port', String(metricsPort), '--metrics-host', '127.0.0.1', '--address', B.addr, '--retransmit-timeout', '1000', '--retransmit-tries', '2', '--delete-on-exit', '--log-level', 'debug'], {
+  const proc = net.spawn('gwb', ['node', FLEETSWAN, 'ikeagent', ...source, '--dataplane', dataplane, '--control-socket', socket, '--metrics-port', String(metricsPort), '--metrics-host', '127.0.0.1', '--address', address, ...extraArgs, '--retransmit-timeout', '1000', '--retransmit-tries', '2', '--delete-on-exit', '--log-level', 'debug'], {
     logFile: join(dir, 'ikeagent.log'),
   });
   const ctl = async (args: string[], allowFail = true) => {

@@ -44,6 +44,8 @@ export interface AgentOptions {
   addresses?: string[];
   retransmit?: RetransmitConfig;
   log?: Logger;
+  /** NAT-T keepalive interval in seconds (default 20). */
+  keepaliveSeconds?: number;
   /** Delete SAs on stop (default: keep them so a restart drops no traffic). */
   deleteOnStop?: boolean;
   version?: string;
@@ -80,6 +82,7 @@ export async function startAgent(opts: AgentOptions): Promise<Agent> {
     metrics,
     ...(opts.retransmit ? { retransmit: opts.retransmit } : {}),
     localAddresses: addresses,
+    ...(opts.keepaliveSeconds !== undefined ? { keepaliveSeconds: opts.keepaliveSeconds } : {}),
     version: opts.version ?? "",
   });
   transport.onReceive((l, r, d) => engine.receive(l, r, d));

@@ -26,6 +26,7 @@ Runs the IKEv2 agent of one gateway from local files (standalone mode).
   --natt-port N            NAT-T port (default 4500)
   --retransmit-timeout MS  first retransmission timeout (default 4000; backoff 1.8)
   --retransmit-tries N     retransmissions before giving up (default 5)
+  --keepalive-seconds N    NAT-T keepalive interval when behind a NAT (default 20)
   --delete-on-exit         delete SAs (INFORMATIONAL delete) on SIGTERM; default keeps them
   --log-level LEVEL        debug, info, warn, error (default info, or $FLEETSWAN_LOG_LEVEL)
 
@@ -49,6 +50,7 @@ async function runAgent(argv: string[]): Promise<number> {
       "retransmit-timeout": { type: "string" },
       "retransmit-tries": { type: "string" },
       "delete-on-exit": { type: "boolean" },
+      "keepalive-seconds": { type: "string" },
       "log-level": { type: "string" },
     },
     strict: true,
@@ -79,6 +81,7 @@ async function runAgent(argv: string[]): Promise<number> {
     ...(int("natt-port", values["natt-port"]) !== undefined ? { nattPort: int("natt-port", values["natt-port"])! } : {}),
     ...(rt !== undefined || tries !== undefined ? { retransmit: { timeoutMs: rt ?? 4000, base: 1.8, tries: tries ?? 5 } } : {}),
     deleteOnStop: !!values["delete-on-exit"],
+    ...(int("keepalive-seconds", values["keepalive-seconds"]) !== undefined ? { keepaliveSeconds: int("keepalive-seconds", values["keepalive-seconds"])! } : {}),
     log,
   });
   log.info("ikeagent running");
