@@ -43,29 +43,39 @@ export interface FlowResult {
   /** Number of separate loss bursts. */
   bursts: number;
   durationS: number;
+  /** Wall-clock time of the last reply before the longest gap (ISO), to match against logs. */
+  longestGapAt?: string;
 }
 
 /** Analyse the received sequence numbers of a flow that sent `sent` packets. */
-export function analyseFlow(seqs: Iterable<number>, sent: number, intervalMs: number, durationS: number): FlowResult {
+export function analyseFlow(seqs: Iterable<number>, sent: number, intervalMs: number, durationS: number, times?: Map<number, number>): FlowResult {
   const got = new Set(seqs);
-  let received = 0, longest = 0, run = 0, bursts = 0;
+  let received = 0, longest = 0, run = 0, bursts = 0, lastOk = 0, gapAfter = 0;
   for (let s = 1; s <= sent; s++) {
     if (got.has(s)) {
       received++;
       run = 0;
+      lastOk = s;
     } else {
       if (run === 0) bursts++;
       run++;
-      longest = Math.max(longest, run);
+      if (run > longest) {
+        longest = run;
+        gapAfter = lastOk;
+      }
     }
   }
-  return { sent, received, lost: sent - received, intervalMs, longestGapS: (longest * intervalMs) / 1000, bursts, durationS };
+  const r: FlowResult = { sent, received, lost: sent - received, intervalMs, longestGapS: (longest * intervalMs) / 1000, bursts, durationS };
+  const t = times?.get(gapAfter);
+  if (longest > 0 && t !== undefined) r.longestGapAt = new Date(t).toISOString();
+  return r;
 }
 
 /** A continuous ping from `ns` to `dst` every `intervalMs` (1 = 1,000 packets/s); stop() gives the losses. */
 export class PingFlow {
   private readonly child: ChildProcess;
   private readonly seqs = new Set<number>();
+  private readonly times = new Map<number, number>();
   private buf = "";
   private out = "";
   private readonly t0 = Date.now();
@@ -73,7 +83,7 @@ export class PingFlow {
 
   constructor(readonly ns: string, readonly dst: string, readonly intervalMs = 10) {
     // -W 2: a reply later than 2 s counts as lost; -s 56; no -q: one line per reply
-    this.child = spawn("ip", inNs(ns, ["ping", "-n", "-i", String(intervalMs / 1000), "-W", "2", dst]).slice(1), { stdio: ["ignore", "pipe", "pipe"] });
+    this.child = spawn("ip", inNs(ns, ["ping", "-n", "-D", "-i", String(intervalMs / 1000), "-W", "2", dst]).slice(1), { stdio: ["ignore", "pipe", "pipe"] });
     this.child.stdout!.on("data", (d: Buffer) => {
       this.buf += d.toString();
       let i: number;
@@ -81,7 +91,11 @@ export class PingFlow {
         const line = this.buf.slice(0, i);
         this.buf = this.buf.slice(i + 1);
         const m = line.match(/icmp_seq=(\d+)/);
-        if (m && /bytes from/.test(line)) this.seqs.add(Number(m[1]));
+        if (m && /bytes from/.test(line)) {
+          this.seqs.add(Number(m[1]));
+          const ts = line.match(/^\[(\d+\.\d+)\]/);
+          if (ts) this.times.set(Number(m[1]), Number(ts[1]) * 1000);
+        }
         else this.out += line + "\n";
       }
     });
@@ -107,7 +121,7 @@ export class PingFlow {
     let sent = s.sent;
     const tail = Math.ceil(2000 / this.intervalMs);
     for (let k = 0; k < tail && sent > 0 && !this.seqs.has(sent); k++) sent--;
-    return analyseFlow(this.seqs, sent, this.intervalMs, durationS);
+    return analyseFlow(this.seqs, sent, this.intervalMs, durationS, this.times);
   }
 }
 

@@ -36,7 +36,7 @@ describe('e2e fleet (gw-a, gw-b fleetswan userspace; gw-c strongSwan)', { skip: 
   const hostOf = (label: string): string => nsHost(lab.c, lab.gw(label));
   const addrOf = (label: string): string => lab.gw(label).hostAddr!;
   const flow = (from: string, to: string, intervalMs: number): PingFlow => new PingFlow(hostOf(from), addrOf(to), intervalMs);
-  const describeFlow = (r: FlowResult): string => `${r.received}/${r.sent} received, ${r.lost} lost, longest gap ${r.longestGapS.toFixed(2)} s`;
+  const describeFlow = (r: FlowResult): string => `${r.received}/${r.sent} received, ${r.lost} lost, longest gap ${r.longestGapS.toFixed(2)} s${r.longestGapAt ? ` after ${r.longestGapAt}` : ""}`;
 
   test('fleet up: every tunnel up, ping and iperf3 through each, the transit network carries only IKE and ESP', async () => {
     assert.deepEqual(await lab.notUp(), [], 'every connection end is "up" in fleetswan status');
