@@ -5,6 +5,10 @@
 // retransmits, UDP loss, CPU seconds per Gbit of the two ESP endpoints (our two node
 // processes; the two charon processes) and the ratio. Run as root after `npm run build`.
 //   node bench/esp-throughput.mjs [--secs 10] [--udp-rate 2G] [--alg aes-gcm-256] [--no-libipsec]
+//                                 [--runs N] [--crypto native|ts|both]
+// --runs repeats the whole comparison (ours, then libipsec) N times and prints the spread
+// (min/median/max); --crypto ts runs our endpoints with FLEETSWAN_ESP_CRYPTO=ts (the
+// TypeScript reference ESP on node:crypto), both = native and ts rows in every run.
 import { execFileSync, spawn } from "node:child_process";
 import { readFileSync, readdirSync } from "node:fs";
 import { createInterface } from "node:readline";
@@ -22,6 +26,8 @@ const SECS = Number(opt("secs", "10"));
 const UDP_RATE = opt("udp-rate", "2G");
 const ALG = opt("alg", "aes-gcm-256");
 const LIBIPSEC = !args.includes("--no-libipsec");
+const RUNS = Number(opt("runs", "1"));
+const CRYPTO = opt("crypto", "native");
 const RECIPE = opt("libipsec-script", "/work/shared/peers/strongswan-libipsec-pair.sh");
 const TICK = 100; // USER_HZ
 
@@ -70,7 +76,9 @@ function iperf(nsA, nsB, udp) {
   });
 }
 
-async function ours() {
+async function ours(crypto) {
+  if (crypto === "ts") process.env.FLEETSWAN_ESP_CRYPTO = "ts";
+  else delete process.env.FLEETSWAN_ESP_CRYPTO;
   const lab = createLab(`bench${process.pid}`);
   const spec = makeSpec(ALG, true);
   const pa = new Peer(lab.a, spec, "a"), pb = new Peer(lab.b, spec, "b");
@@ -108,12 +116,34 @@ async function libipsec() {
 
 const f = (x, d = 0) => (x === undefined || Number.isNaN(x) ? "-" : x.toFixed(d));
 console.log(`esp-throughput: ${ALG}, ESP-in-UDP/4500, ${SECS} s per test, UDP -l 1400 -b ${UDP_RATE}; ${(await import("node:os")).cpus().length} CPUs, load ${(await import("node:os")).loadavg()[0].toFixed(2)}`);
-const us = await ours();
-const them = LIBIPSEC ? await libipsec() : undefined;
-const row = (name, r) => console.log(`${name.padEnd(28)} TCP ${f(r.tcp.mbit).padStart(6)} Mbit/s  retr ${String(r.tcp.retransmits ?? "-").padStart(6)}  CPU ${f(r.tcp.cpuPerGbit, 2).padStart(6)} s/Gbit | UDP ${f(r.udp.mbit).padStart(6)} Mbit/s (offered ${f(r.udp.sentMbit)}, lost ${f(r.udp.lost, 1)} %)  CPU ${f(r.udp.cpuPerGbit, 2)} s/Gbit`);
-row("fleetswan userspace-esp", us);
-if (them) {
-  row("strongSwan kernel-libipsec", them);
-  console.log(`ratio fleetswan/libipsec: TCP ${f(us.tcp.mbit / them.tcp.mbit, 2)}x, UDP ${f(us.udp.mbit / them.udp.mbit, 2)}x (goal >= 3x)`);
+const row = (name, r) => console.log(`${name.padEnd(34)} TCP ${f(r.tcp.mbit).padStart(6)} Mbit/s  retr ${String(r.tcp.retransmits ?? "-").padStart(6)}  CPU ${f(r.tcp.cpuPerGbit, 2).padStart(6)} s/Gbit | UDP ${f(r.udp.mbit).padStart(6)} Mbit/s (offered ${f(r.udp.sentMbit)}, lost ${f(r.udp.lost, 1)} %)  CPU ${f(r.udp.cpuPerGbit, 2)} s/Gbit`);
+const modes = CRYPTO === "both" ? ["native", "ts"] : [CRYPTO];
+const all = { libipsec: [] };
+for (const m of modes) all[m] = [];
+for (let run = 1; run <= RUNS; run++) {
+  if (RUNS > 1) console.log(`run ${run}/${RUNS} (load ${(await import("node:os")).loadavg()[0].toFixed(2)})`);
+  const res = {};
+  for (const m of modes) {
+    res[m] = await ours(m);
+    all[m].push(res[m]);
+    row(`fleetswan userspace-esp (${m})`, res[m]);
+  }
+  const them = LIBIPSEC ? await libipsec() : undefined;
+  if (them) {
+    all.libipsec.push(them);
+    row("strongSwan kernel-libipsec", them);
+    for (const m of modes) console.log(`ratio fleetswan(${m})/libipsec: TCP ${f(res[m].tcp.mbit / them.tcp.mbit, 2)}x, UDP ${f(res[m].udp.mbit / them.udp.mbit, 2)}x (goal >= 3x)`);
+  }
+  for (const m of modes) console.log(`fleetswan (${m}) receiver drops: ${JSON.stringify(Object.fromEntries(Object.entries(res[m].drops).filter(([, v]) => v)))}`);
 }
-console.log(`fleetswan receiver drops: ${JSON.stringify(Object.fromEntries(Object.entries(us.drops).filter(([, v]) => v)))}`);
+if (RUNS > 1) {
+  const spread = (xs) => { const s = [...xs].sort((a, b) => a - b); return `${f(s[0])} / ${f(s[Math.floor(s.length / 2)])} / ${f(s[s.length - 1])}`; };
+  console.log(`spread over ${RUNS} runs (min / median / max):`);
+  for (const [name, rs] of Object.entries(all)) {
+    if (!rs.length) continue;
+    console.log(`  ${name.padEnd(10)} TCP Mbit/s ${spread(rs.map((r) => r.tcp.mbit))}  retr ${spread(rs.map((r) => r.tcp.retransmits))}  UDP Mbit/s ${spread(rs.map((r) => r.udp.mbit))}`);
+  }
+  if (all.libipsec.length) {
+    for (const m of modes) console.log(`  ratio (${m}) TCP ${spread(all[m].map((r, i) => r.tcp.mbit / all.libipsec[i].tcp.mbit).map((x) => x * 100))} % , UDP ${spread(all[m].map((r, i) => r.udp.mbit / all.libipsec[i].udp.mbit).map((x) => x * 100))} %`);
+  }
+}

@@ -12,8 +12,14 @@
 //       meta holds 8 words per packet: offset, length, family (4/6/0), port, address (4 words,
 //       raw network-order bytes). Methods: start(), stop(), close().
 //
-// Everything else (ESP, policies, routes) is TypeScript. Errors are thrown as Error objects
-// with `code` = "ESP_NATIVE" and `errno`, and a message naming the syscall and its argument.
+//   writeBatch(fd, data, offLen, n) -> packets written   one write(2) per packet, one JS call
+//
+// ESP crypto for batches (see esp-native.cc and src/userspace/esp-native.ts): espSaCreate,
+// espSaFree, espSeal, espSealSend (seal + sendmmsg), espOpen.
+//
+// Everything else (sequence numbers, replay, SA choice, policies, routes) is TypeScript. Errors
+// are thrown as Error objects with `code` = "ESP_NATIVE" and `errno`, and a message naming the
+// syscall and its argument.
 #include <napi.h>
 #include <uv.h>
 
@@ -29,6 +35,8 @@
 #include <unistd.h>
 
 #include <vector>
+
+#include "esp-native.h"
 
 #ifndef UDP_ENCAP
 #define UDP_ENCAP 100
@@ -213,6 +221,29 @@ Napi::Value SendTo(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
+// writeBatch(fd, data, offLen: Uint32Array [off, len]*, n): write(2) each packet (TUN: one packet
+// per write). Returns how many were written; transient failures are skipped (the caller counts
+// n - written as drops).
+Napi::Value WriteBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  Napi::Buffer<uint8_t> data = info[1].As<Napi::Buffer<uint8_t>>();
+  Napi::Uint32Array ol = info[2].As<Napi::Uint32Array>();
+  uint32_t n = info[3].As<Napi::Number>().Uint32Value();
+  if (static_cast<size_t>(n) * 2 > ol.ElementLength()) n = static_cast<uint32_t>(ol.ElementLength() / 2);
+  uint32_t ok = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t off = ol[i * 2], len = ol[i * 2 + 1];
+    if (static_cast<size_t>(off) + len > data.Length()) continue;
+    ssize_t r;
+    do {
+      r = write(fd, data.Data() + off, len);
+    } while (r < 0 && errno == EINTR);
+    if (r >= 0) ok++;
+  }
+  return Napi::Number::New(env, ok);
+}
+
 Napi::Value Close(const Napi::CallbackInfo& info) {
   int fd = info[0].As<Napi::Number>().Int32Value();
   if (fd >= 0) close(fd);
@@ -268,7 +299,30 @@ class Poller : public Napi::ObjectWrap<Poller> {
     StopPoll();
     return info.Env().Undefined();
   }
-  Napi::Value Close(const Napi::CallbackInfo& info) {
+  // writeBatch(fd, data, offLen: Uint32Array [off, len]*, n): write(2) each packet (TUN: one packet
+// per write). Returns how many were written; transient failures are skipped (the caller counts
+// n - written as drops).
+Napi::Value WriteBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  Napi::Buffer<uint8_t> data = info[1].As<Napi::Buffer<uint8_t>>();
+  Napi::Uint32Array ol = info[2].As<Napi::Uint32Array>();
+  uint32_t n = info[3].As<Napi::Number>().Uint32Value();
+  if (static_cast<size_t>(n) * 2 > ol.ElementLength()) n = static_cast<uint32_t>(ol.ElementLength() / 2);
+  uint32_t ok = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t off = ol[i * 2], len = ol[i * 2 + 1];
+    if (static_cast<size_t>(off) + len > data.Length()) continue;
+    ssize_t r;
+    do {
+      r = write(fd, data.Data() + off, len);
+    } while (r < 0 && errno == EINTR);
+    if (r >= 0) ok++;
+  }
+  return Napi::Number::New(env, ok);
+}
+
+Napi::Value Close(const Napi::CallbackInfo& info) {
     CloseHandle();
     return info.Env().Undefined();
   }
@@ -385,7 +439,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("write", Napi::Function::New(env, Write));
   exports.Set("sendTo", Napi::Function::New(env, SendTo));
   exports.Set("close", Napi::Function::New(env, Close));
+  exports.Set("writeBatch", Napi::Function::New(env, WriteBatch));
   exports.Set("Poller", Poller::Init(env));
+  fsesp::InitEsp(env, exports);
   return exports;
 }
 

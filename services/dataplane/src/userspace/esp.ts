@@ -50,7 +50,8 @@ export interface EspOpened {
   payload: Buffer;
 }
 
-interface Algo {
+/** The transform of an SA as OpenSSL names it (also what the native addon is given). */
+export interface Algo {
   aead: boolean;
   cipher: string;
   keyLen: number;
@@ -61,7 +62,7 @@ interface Algo {
 }
 
 /** Describe the transform of an SA; throws EspConfigError on a bad combination or key. */
-function algoOf(sa: dataplane.SecurityAssociation): Algo {
+export function algoOf(sa: dataplane.SecurityAssociation): Algo {
   const ek = sa.encryptionKey.length;
   switch (sa.encryption) {
     case Encryption.ENCRYPTION_AES_GCM_16: {
@@ -142,9 +143,10 @@ export class EspCrypto {
   /**
    * Protect `payload` (the inner IP packet in tunnel mode, the upper-layer payload in
    * transport mode) and return the ESP packet, starting `headroom` octets into a fresh
-   * buffer (room for the caller's outer headers).
+   * buffer (room for the caller's outer headers). `iv` (tests only) replaces the random
+   * AES-CBC IV; AEAD IVs are always the sequence number.
    */
-  seal(spi: number, seq: number, nextHeader: number, payload: Buffer, headroom = 0): Buffer {
+  seal(spi: number, seq: number, nextHeader: number, payload: Buffer, headroom = 0, iv?: Buffer): Buffer {
     const a = this.algo;
     const len = payload.length;
     const padded = Math.ceil((len + 2) / a.block) * a.block;
@@ -176,9 +178,9 @@ export class EspCrypto {
       c.getAuthTag().copy(out, o + 8 + padded);
       return out;
     }
-    ivPool.take(out, o);
-    const iv = out.subarray(o, o + 16);
-    const c = createCipheriv(a.cipher as "aes-256-cbc", this.key, iv);
+    if (iv) iv.copy(out, o, 0, 16);
+    else ivPool.take(out, o);
+    const c = createCipheriv(a.cipher as "aes-256-cbc", this.key, out.subarray(o, o + 16));
     c.setAutoPadding(false);
     const ct = c.update(pt.subarray(0, padded));
     c.final();

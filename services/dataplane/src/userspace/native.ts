@@ -28,6 +28,8 @@ export interface FsespAddon {
   /** Bytes sent, or -errno. */
   sendTo(fd: number, packet: Buffer, family: 4 | 6, address: Buffer, port: number): number;
   close(fd: number): void;
+  /** write(2) each [offset, length] pair of `data` (one TUN packet per write); returns packets written. */
+  writeBatch?(fd: number, data: Buffer, offLen: Uint32Array, n: number): number;
   Poller: new (fd: number, withAddress: boolean, maxBatch: number, cb: BatchCallback) => PollerInstance;
 }
 

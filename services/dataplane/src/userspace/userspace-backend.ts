@@ -41,6 +41,11 @@ import {
   saKey,
 } from "../backend.js";
 import { EspCrypto, type EspDropReason, ESP_HEADER } from "./esp.js";
+import {
+  type EspAddon,
+  JOB_ADDR, JOB_FAMILY, JOB_FD, JOB_HANDLE, JOB_IN_LEN, JOB_IN_OFF, JOB_NH, JOB_OUT_LEN, JOB_OUT_OFF, JOB_PORT, JOB_SEQ_HI,
+  JOB_SEQ_LO, JOB_SPI, JOB_STATUS, JOB_USER, JOB_WORDS, ST_OK, createNativeSa, espAddon, openDropReason,
+} from "./esp-native.js";
 import { REPLAY_DUPLICATE, REPLAY_TOO_OLD, ReplayWindow } from "./replay.js";
 import { CompiledSelector, PacketInfo, addressBytes, addressText, familyOf, compilePrefix, prefixMatches } from "./ip.js";
 import { loadAddon, type FsespAddon, type PollerInstance } from "./native.js";
@@ -71,6 +76,12 @@ export interface UserspaceBackendOptions {
   nattPort?: number;
   /** Packets per read batch (default 256). */
   batch?: number;
+  /**
+   * Where ESP is sealed/opened: "native" (default when the addon has it: one OpenSSL context per
+   * SA, whole batches per call, sendmmsg) or "ts" (EspCrypto on node:crypto, the reference
+   * implementation). The environment variable FLEETSWAN_ESP_CRYPTO=ts forces "ts".
+   */
+  crypto?: "native" | "ts";
   /** For tests: a replacement for `ip` and the addon, and a clock. */
   ip?: IpRunner;
   addon?: FsespAddon;
@@ -97,6 +108,10 @@ interface UsSa {
   sa: SecurityAssociation;
   key: string;
   crypto: EspCrypto;
+  /** Native SA handle (esp-native.ts), 0 = TypeScript crypto. */
+  native: number;
+  /** Peer address as 4 words of raw network-order bytes (job JOB_ADDR..+3). */
+  peerWords: Uint32Array;
   replay: ReplayWindow | undefined;
   inbound: boolean;
   family: 4 | 6;
@@ -191,6 +206,23 @@ export class UserspaceBackend implements Backend {
   private readonly innerInfo = new PacketInfo();
   private readonly addrScratch = Buffer.alloc(16);
   private closed = false;
+  private readonly cryptoMode: "native" | "ts";
+  /** The addon's native ESP, once started, when cryptoMode is "native" and the addon has it. */
+  private esp: (FsespAddon & EspAddon) | undefined;
+  // batch state: jobs for the addon, the SA per job, native SAs to free after the batch
+  private batchDepth = 0;
+  private pendingFree: number[] = [];
+  private readonly outJobs: Uint32Array;
+  private readonly outJobSa: (UsSa | undefined)[];
+  private outN = 0;
+  private outData: Buffer | undefined;
+  private readonly inJobs: Uint32Array;
+  private readonly inJobSa: (UsSa | undefined)[];
+  private readonly inJobSeq: number[];
+  private inN = 0;
+  private inData: Buffer | undefined;
+  private readonly tunWrites: Uint32Array;
+  private tunN = 0;
 
   constructor(options: UserspaceBackendOptions = {}) {
     this.opts = {
@@ -203,6 +235,14 @@ export class UserspaceBackend implements Backend {
       nattPort: options.nattPort ?? 4500,
       batch: options.batch ?? 256,
     };
+    this.cryptoMode = process.env.FLEETSWAN_ESP_CRYPTO === "ts" ? "ts" : (options.crypto ?? "native");
+    const b = this.opts.batch;
+    this.outJobs = new Uint32Array(b * JOB_WORDS);
+    this.outJobSa = new Array<UsSa | undefined>(b).fill(undefined);
+    this.inJobs = new Uint32Array(b * JOB_WORDS);
+    this.inJobSa = new Array<UsSa | undefined>(b).fill(undefined);
+    this.inJobSeq = new Array<number>(b).fill(0);
+    this.tunWrites = new Uint32Array(b * 2);
     this.now = options.now ?? Date.now;
     this.addonOverride = options.addon;
     this.routes = new RouteManager({ dev: this.opts.tunName, table: this.opts.routeTable, rulePriority: this.opts.rulePriority, ip: options.ip });
@@ -226,6 +266,7 @@ export class UserspaceBackend implements Backend {
   private async doStart(): Promise<void> {
     this.addon = this.addonOverride ?? loadAddon();
     const a = this.addon;
+    if (this.cryptoMode === "native") this.esp = espAddon(a);
     const t = a.openTun(this.opts.tunName);
     this.tunFd = t.fd;
     this.tunName = t.name;
@@ -249,7 +290,10 @@ export class UserspaceBackend implements Backend {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const s of this.sas.values()) for (const t of s.timers) clearTimeout(t);
+    for (const s of this.sas.values()) {
+      for (const t of s.timers) clearTimeout(t);
+      this.freeNative(s);
+    }
     this.tunPoller?.close();
     this.udpPoller?.close();
     this.raw?.poller.close();
@@ -283,6 +327,7 @@ export class UserspaceBackend implements Backend {
     const notes = ["userspace ESP over TUN device " + (this.tunName || this.opts.tunName)];
     if (!this.raw) notes.push(`plain ESP (IP protocol 50) unavailable${this.rawError ? `: ${this.rawError}` : ""}; ESP-in-UDP only`);
     notes.push("transport mode: ESP processing only, no routing of transport-mode traffic into the TUN device");
+    notes.push(this.esp ? "ESP crypto: native (OpenSSL EVP context per SA, batches, sendmmsg)" : "ESP crypto: TypeScript (node:crypto)");
     return {
       backend: this.kind,
       encryption: [dataplane.Encryption.ENCRYPTION_AES_GCM_16, dataplane.Encryption.ENCRYPTION_CHACHA20_POLY1305, dataplane.Encryption.ENCRYPTION_AES_CBC],
@@ -330,14 +375,19 @@ export class UserspaceBackend implements Backend {
     if (old) this.removeSa(old);
     const window = sa.replayWindow === 0 ? DEFAULT_REPLAY_WINDOW : sa.replayWindow;
     const peerText = inbound ? sa.src : sa.id.dst;
+    const peerBytes = addressBytes(peerText);
+    const peerWords = new Uint32Array(4);
+    new Uint8Array(peerWords.buffer).set(peerBytes);
     const us: UsSa = {
       sa: { ...sa, selector: sa.selector },
       key,
       crypto,
+      native: this.esp ? createNativeSa(this.esp, sa, !inbound) : 0,
+      peerWords,
       replay: inbound ? new ReplayWindow(window, sa.esn) : undefined,
       inbound,
       family: familyOf(peerText),
-      peer: addressBytes(peerText),
+      peer: peerBytes,
       selector: sa.selector && (sa.selector.src?.address || sa.selector.dst?.address) ? new CompiledSelector(sa.selector) : undefined,
       seq: 0,
       bytes: 0,
@@ -370,8 +420,18 @@ export class UserspaceBackend implements Backend {
     }
   }
 
+  /** Wipe and free the SA's native context; deferred while a batch may still reference it. */
+  private freeNative(us: UsSa): void {
+    const h = us.native;
+    if (!h) return;
+    us.native = 0;
+    if (this.batchDepth > 0) this.pendingFree.push(h);
+    else this.esp?.espSaFree(h);
+  }
+
   private removeSa(us: UsSa): void {
     us.dead = true;
+    this.freeNative(us);
     for (const t of us.timers) clearTimeout(t);
     this.sas.delete(us.key);
     const spi = us.sa.id!.spi >>> 0;
@@ -570,14 +630,42 @@ export class UserspaceBackend implements Backend {
   private onTunBatch(data: Buffer, meta: Uint32Array, err: string | undefined): void {
     if (err) this.emit({ $case: "error", value: { code: "TUN_READ", message: `${this.tunName}: ${err}` } });
     const n = meta.length >>> 3;
-    for (let i = 0; i < n; i++) {
-      const off = meta[i * 8]!;
-      this.outbound(data.subarray(off, off + meta[i * 8 + 1]!));
+    this.batchDepth++;
+    try {
+      this.outData = data;
+      for (let i = 0; i < n; i++) {
+        const off = meta[i * 8]!;
+        this.outboundOne(data.subarray(off, off + meta[i * 8 + 1]!));
+      }
+      this.flushOut();
+    } finally {
+      this.endBatch();
     }
   }
 
-  /** One packet read from the TUN device: policy lookup, ESP, send. */
+  private endBatch(): void {
+    if (--this.batchDepth > 0) return;
+    this.outData = this.inData = undefined;
+    if (this.pendingFree.length) {
+      for (const h of this.pendingFree) this.esp?.espSaFree(h);
+      this.pendingFree = [];
+    }
+  }
+
+  /** One packet read from the TUN device: policy lookup, ESP, send (a batch of one). */
   outbound(pkt: Buffer): void {
+    this.batchDepth++;
+    try {
+      this.outData = pkt;
+      this.outboundOne(pkt);
+      this.flushOut();
+    } finally {
+      this.endBatch();
+    }
+  }
+
+  /** Policy lookup and SA choice for one packet (a view into this.outData); ESP now (ts) or queued (native). */
+  private outboundOne(pkt: Buffer): void {
     const info = this.info;
     if (!info.parse(pkt)) {
       this.stats.drops.malformed++;
@@ -626,6 +714,30 @@ export class UserspaceBackend implements Backend {
       return;
     }
     sa.seq = next;
+    if (sa.native) {
+      // queued: sealed and sent with the rest of the batch (flushOut)
+      if (this.outN === this.outJobSa.length) this.flushOut();
+      const j = this.outN * JOB_WORDS;
+      const jobs = this.outJobs;
+      const transport = sa.sa.mode === Mode.MODE_TRANSPORT;
+      const payOff = transport ? info.l4Off : 0;
+      jobs[j + JOB_HANDLE] = sa.native;
+      jobs[j + JOB_SPI] = sa.sa.id!.spi;
+      jobs[j + JOB_SEQ_LO] = next % 0x100000000;
+      jobs[j + JOB_SEQ_HI] = Math.floor(next / 0x100000000);
+      jobs[j + JOB_NH] = transport ? info.protocol : info.family === 4 ? 4 : 41;
+      jobs[j + JOB_IN_OFF] = pkt.byteOffset - this.outData!.byteOffset + payOff;
+      jobs[j + JOB_IN_LEN] = pkt.length - payOff;
+      jobs[j + JOB_FD] = sa.sa.encap ? this.udpFd : this.raw!.fd;
+      jobs[j + JOB_FAMILY] = sa.family;
+      jobs[j + JOB_PORT] = sa.sa.encap ? sa.sa.encap.dstPort || 4500 : 0;
+      jobs.set(sa.peerWords, j + JOB_ADDR);
+      jobs[j + JOB_USER] = pkt.length;
+      this.outJobSa[this.outN++] = sa;
+      // counted now so that byte/packet lifetimes stay exact within a batch (undone if the send fails)
+      this.account(sa, pkt.length);
+      return;
+    }
     let esp: Buffer;
     if (sa.sa.mode === Mode.MODE_TRANSPORT) {
       esp = sa.crypto.seal(sa.sa.id!.spi, next, info.protocol, pkt.subarray(info.l4Off));
@@ -642,6 +754,26 @@ export class UserspaceBackend implements Backend {
     }
     this.stats.outPackets++;
     this.account(sa, pkt.length);
+  }
+
+  /** Seal and send the queued outbound packets with one addon call (sendmmsg per socket). */
+  private flushOut(): void {
+    const n = this.outN;
+    if (n === 0) return;
+    this.outN = 0;
+    const jobs = this.outJobs;
+    this.esp!.espSealSend(this.outData!, jobs, n);
+    for (let i = 0; i < n; i++) {
+      const sa = this.outJobSa[i]!;
+      this.outJobSa[i] = undefined;
+      if (jobs[i * JOB_WORDS + JOB_STATUS] === ST_OK) {
+        this.stats.outPackets++;
+      } else {
+        this.stats.drops.out_send_failed++;
+        sa.bytes -= jobs[i * JOB_WORDS + JOB_USER]!;
+        sa.packets--;
+      }
+    }
   }
 
   /** The newest live outbound SA for the policy's template (XFRM prefers the latest added). */
@@ -674,6 +806,17 @@ export class UserspaceBackend implements Backend {
 
   private onUdpBatch(data: Buffer, meta: Uint32Array): void {
     const n = meta.length >>> 3;
+    this.batchDepth++;
+    try {
+      this.inData = data;
+      this.udpBatch(data, meta, n);
+      this.flushIn();
+    } finally {
+      this.endBatch();
+    }
+  }
+
+  private udpBatch(data: Buffer, meta: Uint32Array, n: number): void {
     for (let i = 0; i < n; i++) {
       const m = i * 8;
       const off = meta[m]!;
@@ -691,7 +834,7 @@ export class UserspaceBackend implements Backend {
         if (this.ikeListeners.size) this.deliverIke(meta, m, Buffer.from(pkt.subarray(4)), false);
         continue;
       }
-      this.inbound(pkt, true);
+      this.inboundOne(pkt, true);
     }
   }
 
@@ -709,6 +852,17 @@ export class UserspaceBackend implements Backend {
   }
 
   private onRawBatch(data: Buffer, meta: Uint32Array): void {
+    this.batchDepth++;
+    try {
+      this.inData = data;
+      this.rawBatch(data, meta);
+      this.flushIn();
+    } finally {
+      this.endBatch();
+    }
+  }
+
+  private rawBatch(data: Buffer, meta: Uint32Array): void {
     const n = meta.length >>> 3;
     for (let i = 0; i < n; i++) {
       const off = meta[i * 8]!;
@@ -719,12 +873,26 @@ export class UserspaceBackend implements Backend {
         this.stats.drops.malformed++;
         continue;
       }
-      this.inbound(data.subarray(off + ihl, off + len), false);
+      this.inboundOne(data.subarray(off + ihl, off + len), false);
     }
   }
 
-  /** One ESP packet (from the SPI on): SA lookup, replay, decrypt, policy check, TUN. */
+  /** One ESP packet (from the SPI on): SA lookup, replay, decrypt, policy check, TUN (a batch of one). */
   inbound(esp: Buffer, udp: boolean): void {
+    this.batchDepth++;
+    try {
+      // native crypto decrypts in place: work on a copy of the caller's buffer
+      const b = this.esp ? Buffer.from(esp) : esp;
+      this.inData = b;
+      this.inboundOne(b, udp);
+      this.flushIn();
+    } finally {
+      this.endBatch();
+    }
+  }
+
+  /** SA lookup and replay pre-check for one ESP packet (a view into this.inData); opened now (ts) or queued (native). */
+  private inboundOne(esp: Buffer, udp: boolean): void {
     if (esp.length < ESP_HEADER) {
       this.stats.drops.malformed++;
       return;
@@ -746,13 +914,89 @@ export class UserspaceBackend implements Backend {
       else this.stats.drops.sequence++;
       return;
     }
+    if (sa.native) {
+      if (this.inN === this.inJobSa.length) this.flushIn();
+      const j = this.inN * JOB_WORDS;
+      const jobs = this.inJobs;
+      jobs[j + JOB_HANDLE] = sa.native;
+      jobs[j + JOB_SEQ_LO] = seq % 0x100000000;
+      jobs[j + JOB_SEQ_HI] = Math.floor(seq / 0x100000000);
+      jobs[j + JOB_IN_OFF] = esp.byteOffset - this.inData!.byteOffset;
+      jobs[j + JOB_IN_LEN] = esp.length;
+      this.inJobSa[this.inN] = sa;
+      this.inJobSeq[this.inN++] = seq;
+      return;
+    }
     const r = sa.crypto.open(esp, seq);
     if (typeof r === "string") {
       if (r === "integrity") sa.integrityErrors++;
       this.stats.drops[r]++;
       return;
     }
+    this.inboundOpened(sa, seq, r.nextHeader, r.payload);
+  }
+
+  /** Open the queued inbound packets with one addon call, then finish each and write them to the TUN in one call. */
+  private flushIn(): void {
+    const n = this.inN;
+    if (n > 0) {
+      this.inN = 0;
+      const jobs = this.inJobs;
+      const data = this.inData!;
+      this.esp!.espOpen(data, jobs, n);
+      for (let i = 0; i < n; i++) {
+        const sa = this.inJobSa[i]!;
+        this.inJobSa[i] = undefined;
+        const j = i * JOB_WORDS;
+        const st = jobs[j + JOB_STATUS]!;
+        if (st !== ST_OK) {
+          const reason = openDropReason(st);
+          if (reason === "integrity") sa.integrityErrors++;
+          this.stats.drops[reason]++;
+          continue;
+        }
+        if (sa.dead) {
+          // hard-expired by an earlier packet of this batch
+          this.stats.drops.no_sa++;
+          continue;
+        }
+        const off = jobs[j + JOB_OUT_OFF]!;
+        this.inboundOpened(sa, this.inJobSeq[i]!, jobs[j + JOB_NH]!, data.subarray(off, off + jobs[j + JOB_OUT_LEN]!));
+      }
+    }
+    this.flushTun();
+  }
+
+  private flushTun(): void {
+    const n = this.tunN;
+    if (n === 0) return;
+    this.tunN = 0;
+    const a = this.addon!;
+    let ok: number;
+    if (a.writeBatch) {
+      ok = a.writeBatch(this.tunFd, this.inData!, this.tunWrites, n);
+    } else {
+      ok = 0;
+      for (let i = 0; i < n; i++) {
+        const off = this.tunWrites[i * 2]!;
+        if (a.write(this.tunFd, this.inData!.subarray(off, off + this.tunWrites[i * 2 + 1]!)) >= 0) ok++;
+      }
+    }
+    this.stats.inPackets += ok;
+    this.stats.drops.in_tun_write_failed += n - ok;
+  }
+
+  /** After the ICV verified: replay window update, mode, inner packet policy check, TUN. */
+  private inboundOpened(sa: UsSa, seq: number, nextHeader: number, payload: Buffer): void {
+    const replay = sa.replay!;
+    // a batch may hold the same sequence number twice: only the first one passes
+    if (replay.check(seq % 0x100000000) !== seq) {
+      sa.replayErrors++;
+      this.stats.drops.replay++;
+      return;
+    }
     replay.accept(seq);
+    const r = { nextHeader, payload };
     let inner: Buffer;
     if (sa.sa.mode === Mode.MODE_TRANSPORT) {
       inner = this.rebuildTransport(sa, r.nextHeader, r.payload);
@@ -774,6 +1018,15 @@ export class UserspaceBackend implements Backend {
       return;
     }
     this.account(sa, inner.length);
+    const data = this.inData;
+    if (data && inner.buffer === data.buffer && inner.byteOffset >= data.byteOffset && inner.byteOffset + inner.length <= data.byteOffset + data.length) {
+      if (this.tunN === this.opts.batch) this.flushTun();
+      // a view into the batch: written with the others in flushTun
+      this.tunWrites[this.tunN * 2] = inner.byteOffset - data.byteOffset;
+      this.tunWrites[this.tunN * 2 + 1] = inner.length;
+      this.tunN++;
+      return;
+    }
     const w = this.addon!.write(this.tunFd, inner);
     if (w < 0) {
       this.stats.drops.in_tun_write_failed++;
