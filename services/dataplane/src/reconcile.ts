@@ -4,9 +4,13 @@
  *
  * - Repeats are harmless: an add equal to the desired entry changes nothing in the backend.
  * - "Not found" on delete is success (existed=false).
- * - Ownership: we only prune or repair what is in our table, plus kernel SAs whose reqid
- *   we have used (`knownReqids`) and policies whose key we installed (`knownPolicies`):
- *   never a stranger's object.
+ * - Ownership (proto: "Owned range: 1..0x7fffffff"): every SA, and every PROTECT/TRAP
+ *   policy, whose reqid lies in the owned range belongs to fleetswan; reconcile prunes
+ *   those that are not in the table, whoever installed them (a previous run, a lost state
+ *   file, a crashed agent). Policies without a template (bypass, drop) are pruned only when
+ *   we installed their key ourselves (`knownPolicies`). Reqid 0 and reqids above
+ *   0x7fffffff are a stranger's and never touched. So no other IKE daemon may install XFRM
+ *   state with reqids in 1..0x7fffffff in the same network namespace.
  * - Drift: reconcile() (at start and every driftIntervalMs) dumps the backend and diffs;
  *   missing or changed objects are re-installed and reported as Drift events.
  * - Restart: the table is persisted (stateFile, atomically, mode 0600 because it holds SA
@@ -261,7 +265,7 @@ export class Dataplane {
       this.drift("sa", describeSaId(want.id!), have ? "changed" : "deleted", true);
     }
     for (const [k, have] of kernelSas) {
-      if (this.sas.has(k) || !this.knownReqids.has(have.reqid)) continue;
+      if (this.sas.has(k) || !isOwnedReqid(have.reqid)) continue;
       await this.backend.deleteSa(have.id!, have.src);
       r.pruned++;
     }
@@ -276,9 +280,12 @@ export class Dataplane {
       r.repaired++;
       this.drift("policy", describePolicyKey(keyOf(want)), have ? "changed" : "deleted", true);
     }
-    for (const [k, key] of this.knownPolicies) {
-      if (this.policies.has(k) || !kernelPolicies.has(k)) continue;
-      await this.backend.deletePolicy(key);
+    for (const [k, have] of kernelPolicies) {
+      if (this.policies.has(k)) continue;
+      const p = have.policy!;
+      const owned = p.template ? isOwnedReqid(p.template.reqid) : this.knownPolicies.has(k);
+      if (!owned) continue;
+      await this.backend.deletePolicy(keyOf(p));
       this.knownPolicies.delete(k);
       r.pruned++;
     }

@@ -135,17 +135,36 @@ test("restart with the persisted state changes nothing; state file is 0600 and a
   await dp2.stop();
 });
 
-test("ownership: prune leftovers of our reqids, never strangers'", async () => {
+test("ownership: prune everything in the owned reqid range that is not desired, never strangers'", async () => {
   const fake = new FakeBackend();
   const dp = new Dataplane({ backend: fake, driftIntervalMs: 0 });
   await dp.start();
   await dp.addSa(sa(0xc0000001));
-  await fake.addSa(sa(0xc0000002)); // ours (reqid 7) but not desired: an orphan
-  await fake.addSa(sa(0xc0000003, { reqid: 99 })); // someone else's reqid
+  await dp.addPolicy(policy());
+  await fake.addSa(sa(0xc0000002)); // ours (reqid 7, used by us) but not desired: an orphan
+  await fake.addSa(sa(0xc0000003, { reqid: 99 })); // a reqid we never used, in the owned range (e.g. a lost state file)
+  await fake.addSa(sa(0xc0000004, { reqid: 0x7fffffff })); // the top of the owned range
+  await fake.addSa(sa(0xc0000005, { reqid: 0 })); // reqid 0: not ours
+  await fake.addSa(sa(0xc0000006, { reqid: 0x80000000 })); // above the owned range: not ours
+  const stranger = (reqid: number, dst: string) => policy({ selector: sel("10.1.0.0", 16, dst, 16), priority: 5000, template: { ...policy().template!, reqid } });
+  await fake.addPolicy(stranger(0, "10.5.0.0")); // template reqid 0: not ours
+  await fake.addPolicy(stranger(0x80000001, "10.6.0.0")); // above the range: not ours
+  await fake.addPolicy(stranger(1234, "10.7.0.0")); // owned range, not desired: pruned
+  await fake.addPolicy({ ...policy({ selector: sel("10.8.0.0", 16, "10.9.0.0", 16), priority: 5000 }), action: dataplane.PolicyAction.POLICY_ACTION_BYPASS, template: undefined }); // no template, not installed by us
+  fake.takeCalls();
   const r = await dp.reconcile();
-  assert.equal(r.pruned, 1);
-  assert.ok(!fake.sas.has("192.0.2.2|3221225474|50"));
-  assert.ok(fake.sas.has("192.0.2.2|3221225475|50"));
+  assert.equal(r.pruned, 4);
+  assert.deepEqual(
+    fake.takeCalls().map((c) => `${c.op} ${c.object}`).sort(),
+    ["deletePolicy 10.1.0.0/16->10.7.0.0/16 out", "deleteSa 192.0.2.2/esp/0xc0000002", "deleteSa 192.0.2.2/esp/0xc0000003", "deleteSa 192.0.2.2/esp/0xc0000004"],
+  );
+  assert.deepEqual([...fake.sas.keys()].map((k) => Number(k.split("|")[1]).toString(16)).sort(), ["c0000001", "c0000005", "c0000006"]);
+  assert.equal(fake.policies.size, ikeBypassPolicies().length + 1 + 3, "desired, bypass and strangers' policies stay");
+  assert.deepEqual(await dp.reconcile(), { repaired: 0, pruned: 0, unchanged: 2 + ikeBypassPolicies().length }, "a second reconcile changes nothing");
+  // a policy we installed and the agent deleted from the table behind the backend's back (no template): pruned by key
+  await dp.addPolicy({ ...policy({ selector: sel("10.1.0.0", 16, "10.3.0.0", 16) }), action: dataplane.PolicyAction.POLICY_ACTION_DROP, template: undefined });
+  (dp as unknown as { policies: Map<string, unknown> }).policies.delete([...(dp as unknown as { policies: Map<string, unknown> }).policies.keys()].find((k) => k.startsWith("10.1.0.0|16|10.3.0.0"))!);
+  assert.equal((await dp.reconcile()).pruned, 1);
   await dp.stop();
 });
 

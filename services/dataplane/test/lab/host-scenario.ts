@@ -63,9 +63,17 @@ async function main(): Promise<void> {
   const listed = await dp.listPolicies();
   const routes = sh(["ip", "route", "show", "table", "220"]);
   const repeat = await dp.reconcile();
+  // Ownership by reqid range: policies installed behind our back with an owned reqid are pruned,
+  // a stranger's (reqid 0, reqid above 0x7fffffff) stay.
+  const tmpl = (reqid: string) => ["tmpl", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp", "reqid", reqid, "mode", "tunnel"];
+  sh(["ip", "xfrm", "policy", "add", "src", "10.1.0.0/16", "dst", "10.4.0.0/16", "dir", "out", "priority", "5000", ...tmpl("4242")]);
+  sh(["ip", "xfrm", "policy", "add", "src", "10.1.0.0/16", "dst", "10.5.0.0/16", "dir", "out", "priority", "5000", ...tmpl("0")]);
+  sh(["ip", "xfrm", "policy", "add", "src", "10.1.0.0/16", "dst", "10.6.0.0/16", "dir", "out", "priority", "5000", ...tmpl(String(0x80000001))]);
+  const prune = await dp.reconcile();
+  const afterPrune = sh(["ip", "xfrm", "policy"]);
   await dp.stop();
   await backend.close();
-  process.stdout.write(JSON.stringify({ caps: dataplane.Capabilities.toJSON(caps), trapPrio, dropPrio, policyText, listed: listed.length, events: events.map((e) => dataplane.Event.toJSON(e)), blocked, routes, repeat }) + "\n");
+  process.stdout.write(JSON.stringify({ caps: dataplane.Capabilities.toJSON(caps), trapPrio, dropPrio, policyText, listed: listed.length, events: events.map((e) => dataplane.Event.toJSON(e)), blocked, routes, repeat, prune, afterPrune }) + "\n");
 }
 
 main().catch((e) => {
