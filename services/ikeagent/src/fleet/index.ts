@@ -371,7 +371,7 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
     inboxPrefix: `_INBOX.${gateway}`,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500,
-    waitOnFirstConnect: true,
+    waitOnFirstConnect: false,
     pingInterval: 5000,
     maxPingOut: 2,
   };
@@ -436,13 +436,24 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
     });
   };
 
-  const connecting = connect(copts).then(
-    (conn) => {
-      if (stopped) return conn.close();
-      return online(conn);
-    },
-    (e: Error) => log.error({ gateway, err: e.message }, "cannot connect to NATS; running on the last good view"),
-  );
+  // First connection: retry until it works or we are stopped (nats.js cannot cancel a
+  // pending waitOnFirstConnect); afterwards nats.js reconnects by itself.
+  const connecting = (async () => {
+    let delay = 500;
+    let warned = false;
+    while (!stopped) {
+      try {
+        const conn = await connect(copts);
+        if (stopped) return void (await conn.close());
+        return void (await online(conn));
+      } catch (e) {
+        if (!warned) log.error({ gateway, err: (e as Error).message }, "cannot connect to NATS; running on the last good view, retrying");
+        warned = true;
+      }
+      await new Promise((r) => setTimeout(r, delay).unref());
+      delay = Math.min(delay * 2, 5_000);
+    }
+  })();
 
   return {
     enrolled,
@@ -458,7 +469,7 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
       for (const w of watchers) w.stop();
       for (const s of subs) s.unsubscribe();
       if (nc && !nc.isClosed()) await nc.close();
-      else void connecting;
+      void connecting;
       await applying;
     },
   };
