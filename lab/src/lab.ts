@@ -557,7 +557,7 @@ export function ikeagentArgv(c: LabConfig, g: LabGateway, dir: string, fleetMode
     "--metrics-port", String(IKEAGENT_METRICS_PORT),
     "--control-socket", join(dir, "ikeagent.sock"),
   ];
-  if (fleetMode) return [process.execPath, FLEETSWAN_BIN(c), "ikeagent", ...common, "--dataplane-socket", join(dir, "dataplane.sock")];
+  if (fleetMode) return [process.execPath, FLEETSWAN_BIN(c), "ikeagent", ...common, "--dataplane", join(dir, "dataplane.sock")];
   return [process.execPath, join(c.repoDir, "lab", "fleet-agent.mjs"), ...common, "--dataplane", join(dir, "dataplane.sock")];
 }
 

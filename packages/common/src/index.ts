@@ -5,3 +5,4 @@ export * from "./metrics.js";
 export * from "./config.js";
 export * from "./defaults.js";
 export * from "./cli.js";
+export * from "./nats.js";

@@ -4,7 +4,8 @@ import { stringify } from "yaml";
 import { METRICS_PORT, UsageError, createLogger, createRegistry, startMetricsServer, type CliCommand } from "@fleetswan/common";
 import { controller as api, fleet } from "@fleetswan/proto";
 import { Controller } from "./controller.js";
-import { ControllerClient, NATS_OPTIONS, NATS_USAGE, connectNats, throwIf, type NatsArgs } from "./client.js";
+import { connectNats, natsOptionsFromCli } from "@fleetswan/common";
+import { ControllerClient, NATS_OPTIONS, NATS_USAGE, throwIf, type NatsArgs } from "./client.js";
 import { DEFAULT_OPTIONS } from "./spec/compile.js";
 
 function parse<T extends Record<string, { type: "string" | "boolean"; short?: string }>>(argv: string[], options: T) {
@@ -16,7 +17,7 @@ function parse<T extends Record<string, { type: "string" | "boolean"; short?: st
 }
 
 async function withClient<R>(a: NatsArgs, fn: (c: ControllerClient) => Promise<R>): Promise<R> {
-  const nc = await connectNats(a, "fleetswan-cli");
+  const nc = await connectNats(natsOptionsFromCli(a, "fleetswan-cli", { inboxPrefix: "_INBOX.operator" }));
   try {
     return await fn(new ControllerClient(nc));
   } finally {
@@ -314,7 +315,7 @@ ${NATS_USAGE}`,
     if (positionals.length) throw new UsageError("unexpected arguments");
     const log = createLogger("controller");
     const registry = createRegistry("controller");
-    const nc = await connectNats(values, "fleetswan-controller");
+    const nc = await connectNats(natsOptionsFromCli(values, "fleetswan-controller", { retryForever: true }));
     const ctl = new Controller({ nc, log, registry, replicas: values.replicas ? Number(values.replicas) : 1 });
     await ctl.start();
     const metrics = await startMetricsServer({

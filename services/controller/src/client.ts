@@ -1,42 +1,12 @@
-import { readFileSync } from "node:fs";
-import { connect, credsAuthenticator, type ConnectionOptions, type NatsConnection } from "nats";
-import { DEFAULT_NATS_URL, FleetswanError, UnavailableError } from "@fleetswan/common";
+import type { NatsConnection } from "nats";
+import { FleetswanError, UnavailableError, NATS_CLI_OPTIONS, NATS_CLI_USAGE, type NatsCliValues } from "@fleetswan/common";
 import { controller as api } from "@fleetswan/proto";
 import { subjects } from "./layout.js";
 
-export interface NatsArgs {
-  nats?: string;
-  creds?: string;
-  user?: string;
-  password?: string;
-}
-
-/** NATS options shared by every command (docs/cli.md "Connecting"). */
-export const NATS_OPTIONS = {
-  nats: { type: "string" },
-  creds: { type: "string" },
-  user: { type: "string" },
-  password: { type: "string" },
-} as const;
-
-export const NATS_USAGE = `  --nats URL         NATS server(s), comma-separated (default $FLEETSWAN_NATS_URL or ${DEFAULT_NATS_URL})
-  --creds FILE       NATS credentials file (JWT + NKEY seed)
-  --user U --password P   NATS user/password (or $FLEETSWAN_NATS_PASSWORD)`;
-
-export async function connectNats(a: NatsArgs, name: string): Promise<NatsConnection> {
-  const servers = (a.nats ?? process.env.FLEETSWAN_NATS_URL ?? DEFAULT_NATS_URL).split(",");
-  const opts: ConnectionOptions = { servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 500 };
-  if (a.creds) opts.authenticator = credsAuthenticator(readFileSync(a.creds));
-  if (a.user) {
-    opts.user = a.user;
-    opts.pass = a.password ?? process.env.FLEETSWAN_NATS_PASSWORD ?? "";
-  }
-  try {
-    return await connect(opts);
-  } catch (e) {
-    throw new UnavailableError(`cannot connect to NATS at ${servers.join(",")}: ${(e as Error).message}`, { servers }, { cause: e });
-  }
-}
+/** The NATS flags every controller command accepts (shared by all services: @fleetswan/common). */
+export const NATS_OPTIONS = NATS_CLI_OPTIONS;
+export const NATS_USAGE = NATS_CLI_USAGE;
+export type NatsArgs = NatsCliValues;
 
 /** Controller API client: protobuf over NATS request/reply. */
 export class ControllerClient {

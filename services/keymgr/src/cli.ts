@@ -2,7 +2,6 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import {
-  DEFAULT_NATS_URL,
   METRICS_PORT,
   Secret,
   UsageError,
@@ -10,44 +9,22 @@ import {
   createRegistry,
   startMetricsServer,
   type CliCommand,
+  NATS_CLI_OPTIONS,
+  NATS_CLI_USAGE,
+  natsOptionsFromCli,
+  connectNats,
+  type NatsCliValues,
+  type NatsConnectOptions,
 } from "@fleetswan/common";
 import { MasterKeyring, newMasterKeyText, parseMasterKey, type MasterKey } from "./crypto.js";
 import { KeyManager } from "./service.js";
 import { KeymgrClient } from "./client.js";
-import { connectNats, type NatsConnectOptions } from "./nats.js";
 
-const NATS_FLAGS = {
-  nats: { type: "string" },
-  "nats-user": { type: "string" },
-  "nats-password-file": { type: "string" },
-  "nats-nkey-seed-file": { type: "string" },
-  "tls-ca": { type: "string" },
-  "tls-cert": { type: "string" },
-  "tls-key": { type: "string" },
-} as const;
+const NATS_FLAGS = NATS_CLI_OPTIONS;
+const NATS_USAGE = NATS_CLI_USAGE;
 
-const NATS_USAGE = `NATS options:
-  --nats URL[,URL...]        NATS servers (default $FLEETSWAN_NATS_URL or ${DEFAULT_NATS_URL})
-  --nats-user NAME           user name; password from --nats-password-file
-  --nats-nkey-seed-file PATH NKEY seed file (instead of a password)
-  --tls-ca PATH              CA that signed the NATS server certificate (enables TLS)
-  --tls-cert PATH --tls-key PATH   client certificate, when the server verifies clients`;
-
-type NatsFlagValues = { [K in keyof typeof NATS_FLAGS]?: string };
-
-function natsOptions(v: NatsFlagValues, name: string, inboxPrefix: string): NatsConnectOptions {
-  const url = v.nats ?? process.env.FLEETSWAN_NATS_URL ?? DEFAULT_NATS_URL;
-  const o: NatsConnectOptions = { servers: url.split(","), name, inboxPrefix };
-  if (v["nats-user"]) o.user = v["nats-user"];
-  if (v["nats-password-file"]) o.pass = readFileSync(v["nats-password-file"], "utf8").trim();
-  if (v["nats-nkey-seed-file"]) o.nkeySeed = readFileSync(v["nats-nkey-seed-file"], "utf8").trim();
-  if (v["tls-ca"] || v["tls-cert"]) {
-    o.tls = {};
-    if (v["tls-ca"]) o.tls.caFile = v["tls-ca"];
-    if (v["tls-cert"]) o.tls.certFile = v["tls-cert"];
-    if (v["tls-key"]) o.tls.keyFile = v["tls-key"];
-  }
-  return o;
+function natsOptions(v: NatsCliValues, name: string, inboxPrefix: string): NatsConnectOptions {
+  return natsOptionsFromCli(v, name, { inboxPrefix });
 }
 
 function loadMasterKey(file: string | undefined, envName: string): MasterKey | undefined {

@@ -91,9 +91,9 @@ export function keymgrPermissions(): Permissions {
   };
 }
 
-/** The operator CLI: keymgr API requests only. */
+/** The operator CLI: requests to the controller and keymgr APIs only. */
 export function operatorPermissions(): Permissions {
-  return { publish: { allow: ["fleet.v1.api.keymgr.>"] }, subscribe: { allow: ["_INBOX.operator.>"] } };
+  return { publish: { allow: ["fleet.v1.api.controller.>", "fleet.v1.api.keymgr.>"] }, subscribe: { allow: ["_INBOX.operator.>"] } };
 }
 
 const q = (s: string) => JSON.stringify(s);

@@ -4,15 +4,22 @@
  */
 import { parseArgs } from "node:util";
 import { credentials, Metadata, type ServiceError } from "@grpc/grpc-js";
-import { IKEAGENT_SOCKET, METRICS_PORT, DATAPLANE_SOCKET, UsageError, createLogger, type CliCommand } from "@fleetswan/common";
+import { IKEAGENT_SOCKET, METRICS_PORT, DATAPLANE_SOCKET, AGENT_STATE_DIR, NATS_CLI_OPTIONS, NATS_CLI_USAGE, UsageError, createLogger, natsOptionsFromCli, type CliCommand, type Logger, type Registry } from "@fleetswan/common";
+import type { Engine } from "../engine-api.js";
+import { runFleetClient } from "../fleet/index.js";
 import { ikeagent } from "@fleetswan/proto";
 import { loadIpsecConf, loadYamlConfig } from "../standalone/config.js";
 import { startAgent } from "./agent.js";
 
-const AGENT_USAGE = `usage: fleetswan ikeagent (--config agent.yaml | --ipsec-conf FILE [--ipsec-secrets FILE]) [options]
+const AGENT_USAGE = `usage: fleetswan ikeagent --gateway NAME [--state-dir DIR] [NATS options] [options]      (fleet mode)
+       fleetswan ikeagent (--config agent.yaml | --ipsec-conf FILE [--ipsec-secrets FILE]) [options]   (standalone)
 
-Runs the IKEv2 agent of one gateway from local files (standalone mode).
+Runs the IKEv2 agent of one gateway: in fleet mode from its view and sealed secrets over
+NATS (enrolling on first start with the token in $FLEETSWAN_ENROLL_TOKEN or
+STATE_DIR/enroll-token), or standalone from local files.
 
+  --gateway NAME           fleet mode: this gateway's name in the fleet spec
+  --state-dir DIR          fleet mode: key pair, last good view and secrets (default ${AGENT_STATE_DIR})
   --config FILE            agent YAML (docs/ikeagent.md)
   --ipsec-conf FILE        FreeS/WAN/Libreswan ipsec.conf instead of YAML
   --ipsec-secrets FILE     its ipsec.secrets
@@ -30,7 +37,9 @@ Runs the IKEv2 agent of one gateway from local files (standalone mode).
   --delete-on-exit         delete SAs (INFORMATIONAL delete) on SIGTERM; default keeps them
   --log-level LEVEL        debug, info, warn, error (default info, or $FLEETSWAN_LOG_LEVEL)
 
-SIGHUP re-reads the configuration and applies only what changed.
+SIGHUP re-reads the configuration (standalone) and applies only what changed.
+
+${NATS_CLI_USAGE}
 `;
 
 async function runAgent(argv: string[]): Promise<number> {
@@ -52,10 +61,15 @@ async function runAgent(argv: string[]): Promise<number> {
       "delete-on-exit": { type: "boolean" },
       "keepalive-seconds": { type: "string" },
       "log-level": { type: "string" },
+      gateway: { type: "string" },
+      "state-dir": { type: "string" },
+      ...NATS_CLI_OPTIONS,
     },
     strict: true,
   });
-  if (!values.config === !values["ipsec-conf"]) throw new UsageError("give exactly one of --config and --ipsec-conf");
+  const sources = [values.gateway, values.config, values["ipsec-conf"]].filter((v) => v !== undefined).length;
+  if (sources !== 1) throw new UsageError("give exactly one of --gateway (fleet mode), --config and --ipsec-conf");
+  if (values["state-dir"] && !values.gateway) throw new UsageError("--state-dir goes with --gateway");
   if (values["ipsec-secrets"] && !values["ipsec-conf"]) throw new UsageError("--ipsec-secrets goes with --ipsec-conf");
   const int = (name: string, v: string | undefined): number | undefined => {
     if (v === undefined) return undefined;
@@ -65,13 +79,32 @@ async function runAgent(argv: string[]): Promise<number> {
   };
   const log = createLogger("ikeagent", values["log-level"] ? { level: values["log-level"] } : {});
   const addresses = values.address;
-  const load = values.config
-    ? () => loadYamlConfig(values.config!)
-    : () => loadIpsecConf(values["ipsec-conf"]!, values["ipsec-secrets"], addresses);
+  const load = values.gateway
+    ? undefined
+    : values.config
+      ? () => loadYamlConfig(values.config!)
+      : () => loadIpsecConf(values["ipsec-conf"]!, values["ipsec-secrets"], addresses);
+  const gateway = values.gateway;
+  const fleetMode = gateway
+    ? async (engine: Engine, ctx: { log: Logger; registry: Registry }) => {
+        const nats = natsOptionsFromCli(values, `ikeagent-${gateway}`);
+        const client = await runFleetClient({
+          natsUrl: nats.servers,
+          gateway,
+          stateDir: values["state-dir"] ?? AGENT_STATE_DIR,
+          credentials: nats,
+          engine,
+          log: ctx.log,
+          registry: ctx.registry,
+        });
+        return () => client.stop();
+      }
+    : undefined;
   const rt = int("retransmit-timeout", values["retransmit-timeout"]);
   const tries = int("retransmit-tries", values["retransmit-tries"]);
   const agent = await startAgent({
-    load,
+    ...(load ? { load } : {}),
+    ...(fleetMode ? { fleet: fleetMode } : {}),
     dataplane: values.dataplane ?? DATAPLANE_SOCKET,
     ...(values["control-socket"] !== undefined ? { controlSocket: values["control-socket"] } : {}),
     ...(int("metrics-port", values["metrics-port"]) !== undefined ? { metricsPort: int("metrics-port", values["metrics-port"])! } : {}),
@@ -205,6 +238,6 @@ async function runClient(argv: string[]): Promise<number> {
 }
 
 export const agentCommands: CliCommand[] = [
-  { name: "ikeagent", summary: "Run the IKEv2 agent (standalone from agent.yaml or ipsec.conf)", usage: AGENT_USAGE, run: runAgent },
+  { name: "ikeagent", summary: "Run the IKEv2 agent (fleet mode over NATS, or standalone from agent.yaml or ipsec.conf)", usage: AGENT_USAGE, run: runAgent },
   { name: "agent", summary: "Talk to the local ikeagent: status, up, down, route, unroute, reload, diag", usage: CLIENT_USAGE, run: runClient },
 ];

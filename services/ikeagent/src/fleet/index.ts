@@ -11,9 +11,9 @@
 import { readFileSync, existsSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import { createHash } from "node:crypto";
-import { connect, nkeyAuthenticator, type ConnectionOptions, type Msg, type NatsConnection, type Subscription } from "nats";
+import { connect, type Msg, type NatsConnection, type Subscription } from "nats";
 import { Counter, Gauge, Registry } from "prom-client";
-import { Secret, type Logger } from "@fleetswan/common";
+import { Secret, natsConnectionOptions, type Logger, type NatsAuth } from "@fleetswan/common";
 import { fleet, ikeagent } from "@fleetswan/proto";
 import type { Engine, EngineConfig, EngineEvent, EngineSecret } from "../engine-api.js";
 import { loadOrCreateAgentKey, unseal, type AgentKey } from "./sealing.js";
@@ -29,14 +29,8 @@ export const SECRETS_BUCKET = "fleet-secrets";
 export const ENROLL_SUBJECT = "fleet.v1.enroll";
 export const ENROLL_TOKEN_FILE = "enroll-token";
 
-export interface FleetClientCredentials {
-  user?: string;
-  pass?: string;
-  /** NKEY seed ("SU..."). */
-  nkeySeed?: string;
-  /** TLS to NATS: the CA (PEM file) and optionally a client certificate. */
-  tls?: { caFile?: string; certFile?: string; keyFile?: string };
-}
+/** NATS credentials of the agent (user/password, NKEY seed, creds file, TLS). */
+export type FleetClientCredentials = NatsAuth;
 
 export interface FleetClientOptions {
   natsUrl: string | string[];
@@ -364,28 +358,15 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
   };
 
   // ------------------------------------------------------------ NATS ----
-  const c = opts.credentials ?? {};
-  const copts: ConnectionOptions = {
+  // Fast ping: a gateway should notice a dead NATS link within seconds (fail static meanwhile).
+  const copts = natsConnectionOptions({
+    ...(opts.credentials ?? {}),
     servers: opts.natsUrl,
     name: `ikeagent-${gateway}`,
     inboxPrefix: `_INBOX.${gateway}`,
-    maxReconnectAttempts: -1,
-    reconnectTimeWait: 500,
-    waitOnFirstConnect: false,
-    pingInterval: 5000,
+    pingIntervalMs: 5000,
     maxPingOut: 2,
-  };
-  if (c.user) {
-    copts.user = c.user;
-    if (c.pass !== undefined) copts.pass = c.pass;
-  }
-  if (c.nkeySeed) copts.authenticator = nkeyAuthenticator(new TextEncoder().encode(c.nkeySeed));
-  if (c.tls) {
-    copts.tls = {};
-    if (c.tls.caFile) copts.tls.ca = readFileSync(c.tls.caFile, "utf8");
-    if (c.tls.certFile) copts.tls.cert = readFileSync(c.tls.certFile, "utf8");
-    if (c.tls.keyFile) copts.tls.key = readFileSync(c.tls.keyFile, "utf8");
-  }
+  });
 
   const online = async (conn: NatsConnection): Promise<void> => {
     nc = conn;
