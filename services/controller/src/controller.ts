@@ -5,7 +5,7 @@ import { ConflictError, FleetswanError, NotFoundError, Secret, UnavailableError,
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 import { controller as api, fleet, keymgr } from "@fleetswan/proto";
 import { compileSpec, pskFingerprint, SpecInvalidError, type CompiledFleet, type Resolver } from "./spec/compile.js";
-import { buildViews, EMPTY_STATE, nextState, renderGateways, resolveState, secretRefFor, type RenderState } from "./render.js";
+import { buildViews, EMPTY_STATE, nextState, renderGateways, resolveState, secretRefFor, type RenderedGateway, type RenderState } from "./render.js";
 import { BUCKET, CONTROLLER_QUEUE, SPEC_KEY, subjects, type CertRecord, type EnrollTicket, type SpecRecord } from "./layout.js";
 import { isHostName, isIpLiteral } from "./net.js";
 
@@ -67,6 +67,13 @@ async function parallel<T>(items: T[], limit: number, fn: (t: T) => Promise<void
   await Promise.all(workers);
 }
 
+/** The spec revision inside a cached view's bytes (decoded once, on demand). */
+function viewRevisionOf(c: { value: Uint8Array; viewRevision?: bigint }): bigint {
+  return (c.viewRevision ??= fleet.GatewayView.decode(c.value).revision);
+}
+
+const compiledKey = (yaml: string, resolved: Record<string, string[]>): string => createHash("sha256").update(yaml).update("\0").update(JSON.stringify(resolved)).digest("hex");
+
 interface EventRecord { [connection: string]: { code: string; message: string; kind: string; time: string } }
 
 /**
@@ -102,7 +109,9 @@ export class Controller {
   readonly #statusCache = new Map<string, fleet.AgentStatus>();
   readonly #eventCache = new Map<string, EventRecord>();
   /** KV revision and bytes of each view as last seen (a hint: writes still compare-and-set). */
-  readonly #viewCache = new Map<string, { revision: number; value: Uint8Array; viewRevision: bigint }>();
+  readonly #viewCache = new Map<string, { revision: number; value: Uint8Array; viewRevision?: bigint }>();
+  /** Compiled fleets by hash of (YAML, resolved names): a revision is parsed once per replica. */
+  readonly #compiled = new Map<string, CompiledFleet>();
   #current: { revision: number; record: SpecRecord; fleet: CompiledFleet } | undefined;
   #ready = false;
   readonly #m: {
@@ -201,7 +210,9 @@ export class Controller {
       else this.#eventCache.delete(e.key);
     });
     await this.#watchInto(this.#views, (e) => {
-      if (e.operation === "PUT") this.#viewCache.set(e.key, { revision: e.revision, value: e.value, viewRevision: fleet.GatewayView.decode(e.value).revision });
+      // The view's own revision is decoded only when needed (#viewRevisionOf): an apply of
+      // 1,000 views echoes 1,000 entries through this watch.
+      if (e.operation === "PUT") this.#viewCache.set(e.key, { revision: e.revision, value: e.value });
       else this.#viewCache.delete(e.key);
     });
     await this.#watchInto(this.#spec, (e) => {
@@ -252,12 +263,23 @@ export class Controller {
     if (!this.#current || this.#current.revision < revision) this.#current = { revision, record, fleet: f };
   }
 
-  #compileRecord(record: SpecRecord): Promise<CompiledFleet> {
-    return compileSpec(record.yaml, record.source, async (h) => {
+  async #compileRecord(record: SpecRecord): Promise<CompiledFleet> {
+    const key = compiledKey(record.yaml, record.resolved);
+    const hit = this.#compiled.get(key);
+    if (hit) return hit;
+    const f = await compileSpec(record.yaml, record.source, async (h) => {
       const r = record.resolved[h];
       if (!r) throw new Error("not resolved when this revision was applied");
       return r;
     });
+    this.#remember(key, f);
+    return f;
+  }
+
+  #remember(key: string, f: CompiledFleet): void {
+    this.#compiled.delete(key);
+    this.#compiled.set(key, f);
+    while (this.#compiled.size > 4) this.#compiled.delete(this.#compiled.keys().next().value!);
   }
 
   async #currentRecord(): Promise<{ revision: number; record?: SpecRecord }> {
@@ -300,10 +322,11 @@ export class Controller {
         psks[ref] = fp;
       }
       const record: SpecRecord = { format: 1, yaml: compiled.redactedYaml, source, appliedAt: now.toISOString(), base: cur.revision, resolved: compiled.resolved, state, psks };
+      // The spec watch (this replica's #loadCurrent, reconcile) finds it compiled: parse once.
+      this.#remember(compiledKey(record.yaml, record.resolved), compiled);
       let revision: number;
       try {
-        const bytes = enc.encode(JSON.stringify(record));
-        revision = cur.revision === 0 ? await this.#spec.create(SPEC_KEY, bytes) : await this.#spec.update(SPEC_KEY, bytes, cur.revision);
+        revision = await this.#storeSpec(record, cur.revision);
       } catch (e) {
         if (isWrongSequence(e)) {
           // Someone else applied between our read and our write.
@@ -315,12 +338,57 @@ export class Controller {
       lap("stored");
       if (!this.#current || this.#current.revision < revision) this.#current = { revision, record, fleet: compiled };
       const resolved = resolveState(state, revision);
-      await this.#writeViews(buildViews(rendered, resolved, (gw) => this.#certFor(gw)), Object.keys(prev.views).filter((g) => !rendered.has(g)), revision);
+      // Skip gateways whose view hash did not change and whose stored view is of that
+      // revision (no build, no encode, no KV round trip); the periodic reconcile still
+      // compares every view byte for byte.
+      const toWrite = new Map<string, RenderedGateway>();
+      for (const [gw, rg] of rendered) {
+        const old = prev.views[gw];
+        const cached = this.#viewCache.get(gw);
+        if (old && old.h === rg.hash && cached && viewRevisionOf(cached) === BigInt(resolved.views[gw]!.r)) this.#m.viewWrites.inc({ result: "unchanged" });
+        else toWrite.set(gw, rg);
+      }
+      try {
+        await this.#writeViews(buildViews(toWrite, resolved, (gw) => this.#certFor(gw)), Object.keys(prev.views).filter((g) => !rendered.has(g)), revision);
+      } catch (e) {
+        // The revision is stored and in force: the periodic reconcile (any replica) writes the views.
+        this.#o.log.warn({ err: (e as Error).message, revision }, "views not all written; the reconcile retries");
+        warnings.push(`revision ${revision} is stored, but not every view could be written yet (${(e as Error).message}); the controller keeps retrying`);
+        this.#viewsDirty = true;
+      }
       lap("views written");
       this.#reconciled = Math.max(this.#reconciled, revision);
       warnings.push(...(await this.reconcileSecrets({ cached: true })));
       this.#o.log.info({ revision, base: cur.revision, gateways: changes.length, source }, "spec applied");
       return { error: undefined, revision: BigInt(revision), changes, warnings };
+    }
+  }
+
+  /**
+   * Compare-and-set the spec. A NATS cluster that is electing a stream leader (a node
+   * died) answers 503 or not at all for a few seconds: retry for up to 15 s. After a
+   * timeout the write may have happened: a "wrong sequence" is then checked against what
+   * is stored (our own record = success).
+   */
+  async #storeSpec(record: SpecRecord, base: number): Promise<number> {
+    const bytes = enc.encode(JSON.stringify(record));
+    const deadline = Date.now() + 15_000;
+    let uncertain = false;
+    for (let wait = 250; ; wait = Math.min(wait * 2, 2000)) {
+      try {
+        return base === 0 ? await this.#spec.create(SPEC_KEY, bytes) : await this.#spec.update(SPEC_KEY, bytes, base);
+      } catch (e) {
+        const msg = String((e as Error)?.message ?? e);
+        if (isWrongSequence(e) && uncertain) {
+          const now = await this.#spec.get(SPEC_KEY);
+          if (now?.operation === "PUT" && Buffer.from(now.value).equals(Buffer.from(bytes))) return now.revision;
+        }
+        const transient = /^503$|no responders|TIMEOUT|timed? ?out/i.test(msg);
+        if (!transient || Date.now() + wait > deadline) throw e;
+        if (/TIMEOUT|timed? ?out/i.test(msg)) uncertain = true;
+        this.#o.log.warn({ err: msg }, "spec store failed transiently (NATS cluster failover?); retrying");
+        await new Promise((r) => setTimeout(r, wait));
+      }
     }
   }
 
@@ -567,7 +635,9 @@ export class Controller {
    * rendered from a newer revision: concurrent replicas cannot go backwards.
    */
   async #writeViews(views: Map<string, fleet.GatewayView>, removed: string[], revision: number): Promise<void> {
-    await parallel([...views.values()], 512, async (view) => {
+    // Pipelined: up to 1,024 compare-and-set writes in flight (JetStream publishes with
+    // an expected last sequence), not one round trip after the other.
+    await parallel([...views.values()], 1024, async (view) => {
       const bytes = fleet.GatewayView.encode(view).finish();
       for (let attempt = 0; attempt < 10; attempt++) {
         // First try from the watch cache (no round trip); on a sequence mismatch, read.
@@ -576,13 +646,18 @@ export class Controller {
         try {
           if (e?.operation === "PUT") {
             if (Buffer.from(e.value).equals(Buffer.from(bytes))) { this.#m.viewWrites.inc({ result: "unchanged" }); return; }
-            if ((cached ? cached.viewRevision : fleet.GatewayView.decode(e.value).revision) > view.revision) { this.#m.viewWrites.inc({ result: "superseded" }); return; }
+            if ((cached ? viewRevisionOf(cached) : fleet.GatewayView.decode(e.value).revision) > view.revision) { this.#m.viewWrites.inc({ result: "superseded" }); return; }
             await this.#views.update(view.gateway, bytes, e.revision);
           } else if (e) await this.#views.update(view.gateway, bytes, e.revision);
           else await this.#views.create(view.gateway, bytes);
           this.#m.viewWrites.inc({ result: "written" });
           return;
         } catch (err) {
+          if (/^503$|no responders|TIMEOUT/i.test(String((err as Error)?.message)) && attempt < 9) {
+            // Stream leader election (cluster failover): wait and re-read.
+            await new Promise((r) => setTimeout(r, 250 * (attempt + 1)));
+            continue;
+          }
           if (!isWrongSequence(err)) throw err;
         }
       }

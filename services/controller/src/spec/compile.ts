@@ -337,6 +337,7 @@ export async function compileSpec(text: string, source: string, resolve: Resolve
 
   // ----------------------------------------------------------- external peers
   let yamlOut = text;
+  let docForRanges: { getIn(path: FieldPath, keepScalar: boolean): unknown } | undefined; // parsed at most once, only when a PSK is redacted
   const redactions: [number, number, string][] = [];
   for (const [i, pe] of ((data.peers as Obj[]) ?? []).entries()) {
     const path = ["peers", i];
@@ -351,7 +352,7 @@ export async function compileSpec(text: string, source: string, resolve: Resolve
     let pskKept = false;
     if (pe.psk !== undefined) {
       const value = pe.psk as string;
-      const node = scalarRange(text, [...path, "psk"]);
+      const node = scalarRange(text, [...path, "psk"], (docForRanges ??= parseDocument(text)));
       if (options.auth !== "psk") p.error([...path, "psk"], `${owner}: a psk is given but auth is ${options.auth}`);
       else if (value === "@keymgr") pskKept = true;
       else {
@@ -406,8 +407,8 @@ export async function compileSpec(text: string, source: string, resolve: Resolve
 }
 
 /** [start, end) of a scalar's text in the YAML source. */
-function scalarRange(text: string, path: FieldPath): [number, number] | undefined {
-  const node = parseDocument(text).getIn(path, true);
+function scalarRange(text: string, path: FieldPath, doc: { getIn(path: FieldPath, keepScalar: boolean): unknown } = parseDocument(text)): [number, number] | undefined {
+  const node = doc.getIn(path, true);
   return isScalar(node) && node.range ? [node.range[0], node.range[1]] : undefined;
 }
 
