@@ -90,7 +90,10 @@ async function ours(crypto) {
       const { r, cpu } = await cpuDuring((_c, pid) => pids.has(pid), () => iperf(lab.a, lab.b, udp));
       res[udp ? "udp" : "tcp"] = { ...r, cpuPerGbit: cpu / ((r.bytes * 8) / 1e9) };
     }
-    res.drops = (await pb.stats()).stats.drops;
+    const sa = (await pa.stats()).stats, sb = (await pb.stats()).stats;
+    res.drops = sb.drops;
+    // packets per wake-up: sender's TUN reads (A) and receiver's socket reads (B), over both tests
+    res.perWake = { aTun: sa.outPackets / Math.max(1, sa.tunBatches), bSock: (sb.inPackets + Object.values(sb.drops).reduce((x, y) => x + y, 0)) / Math.max(1, sb.sockBatches) };
     return res;
   } finally { pa.stop(); pb.stop(); await sleep(500); lab.destroy(); }
 }
@@ -134,7 +137,7 @@ for (let run = 1; run <= RUNS; run++) {
     row("strongSwan kernel-libipsec", them);
     for (const m of modes) console.log(`ratio fleetswan(${m})/libipsec: TCP ${f(res[m].tcp.mbit / them.tcp.mbit, 2)}x, UDP ${f(res[m].udp.mbit / them.udp.mbit, 2)}x (goal >= 3x)`);
   }
-  for (const m of modes) console.log(`fleetswan (${m}) receiver drops: ${JSON.stringify(Object.fromEntries(Object.entries(res[m].drops).filter(([, v]) => v)))}`);
+  for (const m of modes) console.log(`fleetswan (${m}) receiver drops: ${JSON.stringify(Object.fromEntries(Object.entries(res[m].drops).filter(([, v]) => v)))}; packets per wake-up: A TUN ${f(res[m].perWake.aTun, 1)}, B socket ${f(res[m].perWake.bSock, 1)}`);
 }
 if (RUNS > 1) {
   const spread = (xs) => { const s = [...xs].sort((a, b) => a - b); return `${f(s[0])} / ${f(s[Math.floor(s.length / 2)])} / ${f(s[s.length - 1])}`; };

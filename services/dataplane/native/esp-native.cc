@@ -38,6 +38,8 @@
 #include <openssl/params.h>
 #include <openssl/rand.h>
 #include <string.h>
+#include <netinet/udp.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 
 #include <memory>
@@ -385,6 +387,21 @@ Napi::Value Seal(const Napi::CallbackInfo& info) {
 }
 
 // Seal into a native arena and send with one sendmmsg per run of jobs on the same fd.
+// UDP (port != 0): consecutive packets to the same destination with the same length (the last
+// one may be shorter) go out as one GSO datagram (UDP_SEGMENT, up to kGsoMax segments): the
+// kernel segments it late (or the NIC does), and a receiver with UDP_GRO gets it back in one
+// read. If the kernel refuses GSO (EIO: no checksum offload on the route, EINVAL, ...) it is
+// switched off for this thread and those packets are sent one by one.
+constexpr size_t kGsoMax = 64;
+constexpr size_t kGsoBytes = 65000;
+thread_local bool tGsoOff = getenv("FLEETSWAN_ESP_NO_GSO") != nullptr;
+
+struct Msg {
+  uint32_t first;   // index into idx
+  uint32_t count;   // packets
+  uint16_t gso;     // segment size, 0 = plain datagram
+};
+
 Napi::Value SealSend(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Batch b = Args(info, "espSealSend");
@@ -393,72 +410,125 @@ Napi::Value SealSend(const Napi::CallbackInfo& info) {
   if (tArena.size() < need) tArena.resize(need);
   SealAll(b, tArena.data(), tArena.size(), nullptr, 0);
 
-  std::vector<mmsghdr> msgs;
-  std::vector<iovec> iov;
-  std::vector<sockaddr_storage> addrs;
-  std::vector<uint32_t> idx;
-  msgs.reserve(b.n);
-  iov.reserve(b.n);
-  addrs.reserve(b.n);
+  std::vector<uint32_t> idx;        // jobs in send order
+  std::vector<Msg> groups;
   idx.reserve(b.n);
-  uint32_t sent = 0;
-  auto flush = [&](int fd) {
-    for (size_t k = 0; k < msgs.size(); k++) {
-      msgs[k].msg_hdr.msg_name = &addrs[k];
-      msgs[k].msg_hdr.msg_iov = &iov[k];
-      msgs[k].msg_hdr.msg_iovlen = 1;
-    }
-    size_t i = 0;
-    while (i < msgs.size()) {
-      int r = sendmmsg(fd, msgs.data() + i, static_cast<unsigned>(msgs.size() - i), 0);
-      if (r < 0) {
-        if (errno == EINTR) continue;
-        uint32_t* j = b.jobs + idx[i] * kJobWords;
-        j[9] = ST_SEND;
-        j[10] = static_cast<uint32_t>(errno);
-        i++;
-      } else {
-        sent += static_cast<uint32_t>(r);
-        i += static_cast<size_t>(r);
-      }
-    }
-    msgs.clear();
-    iov.clear();
-    addrs.clear();
-    idx.clear();
+  groups.reserve(b.n);
+  auto same = [&](const uint32_t* x, const uint32_t* y) {
+    return x[11] == y[11] && x[12] == y[12] && x[13] == y[13] && memcmp(&x[14], &y[14], 16) == 0;
   };
-  int curFd = -1;
   for (uint32_t i = 0; i < b.n; i++) {
     uint32_t* j = b.jobs + i * kJobWords;
     if (j[9] != ST_OK) continue;
-    int fd = static_cast<int>(j[11]);
-    if (fd != curFd && !msgs.empty()) flush(curFd);
-    curFd = fd;
-    sockaddr_storage ss;
+    idx.push_back(i);
+    if (!groups.empty() && !tGsoOff && j[13] != 0) {
+      Msg& g = groups.back();
+      const uint32_t* f = b.jobs + idx[g.first] * kJobWords;
+      const uint32_t* last = b.jobs + idx[g.first + g.count - 1] * kJobWords;
+      // join: same socket and destination, every earlier packet exactly the first one's size,
+      // this one not larger; within the segment and size limits
+      if (f[13] != 0 && same(f, j) && last[8] == f[8] && j[8] <= f[8] && g.count < kGsoMax &&
+          static_cast<size_t>(f[8]) * (g.count + 1) <= kGsoBytes) {
+        g.count++;
+        g.gso = static_cast<uint16_t>(f[8]);
+        continue;
+      }
+    }
+    groups.push_back(Msg{static_cast<uint32_t>(idx.size() - 1), 1, 0});
+  }
+
+  std::vector<mmsghdr> msgs(groups.size());
+  std::vector<iovec> iov(idx.size());
+  std::vector<sockaddr_storage> addrs(groups.size());
+  constexpr size_t kCmsgSpace = CMSG_SPACE(sizeof(uint16_t));
+  std::vector<uint8_t> cmsgs(groups.size() * kCmsgSpace);
+  for (size_t k = 0; k < idx.size(); k++) {
+    const uint32_t* j = b.jobs + idx[k] * kJobWords;
+    iov[k] = iovec{tArena.data() + j[7], j[8]};
+  }
+  for (size_t g = 0; g < groups.size(); g++) {
+    const uint32_t* j = b.jobs + idx[groups[g].first] * kJobWords;
+    sockaddr_storage& ss = addrs[g];
     memset(&ss, 0, sizeof(ss));
     socklen_t sl;
     if (j[12] == 4) {
-      auto* s = reinterpret_cast<sockaddr_in*>(&ss);
-      s->sin_family = AF_INET;
-      s->sin_port = htons(static_cast<uint16_t>(j[13]));
-      memcpy(&s->sin_addr, &j[14], 4);
+      auto* s4 = reinterpret_cast<sockaddr_in*>(&ss);
+      s4->sin_family = AF_INET;
+      s4->sin_port = htons(static_cast<uint16_t>(j[13]));
+      memcpy(&s4->sin_addr, &j[14], 4);
       sl = sizeof(sockaddr_in);
     } else {
-      auto* s = reinterpret_cast<sockaddr_in6*>(&ss);
-      s->sin6_family = AF_INET6;
-      s->sin6_port = htons(static_cast<uint16_t>(j[13]));
-      memcpy(&s->sin6_addr, &j[14], 16);
+      auto* s6 = reinterpret_cast<sockaddr_in6*>(&ss);
+      s6->sin6_family = AF_INET6;
+      s6->sin6_port = htons(static_cast<uint16_t>(j[13]));
+      memcpy(&s6->sin6_addr, &j[14], 16);
       sl = sizeof(sockaddr_in6);
     }
-    addrs.push_back(ss);
-    iov.push_back(iovec{tArena.data() + j[7], j[8]});
-    mmsghdr m;
-    memset(&m, 0, sizeof(m));
-    m.msg_hdr.msg_namelen = sl;
-    msgs.push_back(m);
-    idx.push_back(i);
+    msghdr& h = msgs[g].msg_hdr;
+    memset(&msgs[g], 0, sizeof(mmsghdr));
+    h.msg_name = &ss;
+    h.msg_namelen = sl;
+    h.msg_iov = &iov[groups[g].first];
+    h.msg_iovlen = groups[g].count;
+    if (groups[g].count > 1) {
+      h.msg_control = cmsgs.data() + g * kCmsgSpace;
+      h.msg_controllen = kCmsgSpace;
+      cmsghdr* c = CMSG_FIRSTHDR(&h);
+      c->cmsg_level = SOL_UDP;
+      c->cmsg_type = UDP_SEGMENT;
+      c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+      memcpy(CMSG_DATA(c), &groups[g].gso, sizeof(uint16_t));
+    }
   }
-  if (!msgs.empty()) flush(curFd);
+
+  uint32_t sent = 0;
+  auto fail = [&](size_t g, int err) {
+    for (uint32_t k = 0; k < groups[g].count; k++) {
+      uint32_t* j = b.jobs + idx[groups[g].first + k] * kJobWords;
+      j[9] = ST_SEND;
+      j[10] = static_cast<uint32_t>(err);
+    }
+  };
+  // one packet at a time (GSO refused)
+  auto sendEach = [&](size_t g) {
+    msghdr& h = msgs[g].msg_hdr;
+    for (uint32_t k = 0; k < groups[g].count; k++) {
+      uint32_t* j = b.jobs + idx[groups[g].first + k] * kJobWords;
+      ssize_t r;
+      do {
+        r = sendto(static_cast<int>(j[11]), tArena.data() + j[7], j[8], 0, reinterpret_cast<sockaddr*>(h.msg_name), h.msg_namelen);
+      } while (r < 0 && errno == EINTR);
+      if (r < 0) {
+        j[9] = ST_SEND;
+        j[10] = static_cast<uint32_t>(errno);
+      } else {
+        sent++;
+      }
+    }
+  };
+  size_t g = 0;
+  while (g < groups.size()) {
+    const int fd = static_cast<int>(b.jobs[idx[groups[g].first] * kJobWords + 11]);
+    size_t e = g;
+    while (e < groups.size() && static_cast<int>(b.jobs[idx[groups[e].first] * kJobWords + 11]) == fd) e++;
+    while (g < e) {
+      int r = sendmmsg(fd, msgs.data() + g, static_cast<unsigned>(e - g), 0);
+      if (r < 0) {
+        const int err = errno;
+        if (err == EINTR) continue;
+        if (groups[g].count > 1 && (err == EIO || err == EINVAL || err == ENOPROTOOPT || err == EOPNOTSUPP)) {
+          tGsoOff = true;
+          sendEach(g);
+        } else {
+          fail(g, err);
+        }
+        g++;
+      } else {
+        for (int k = 0; k < r; k++) sent += groups[g + k].count;
+        g += static_cast<size_t>(r);
+      }
+    }
+  }
   return Napi::Number::New(env, sent);
 }
 

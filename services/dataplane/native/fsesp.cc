@@ -3,6 +3,7 @@
 //   openTun(name, mtu?)           -> { fd, name }   /dev/net/tun, TUNSETIFF IFF_TUN|IFF_NO_PI, O_NONBLOCK
 //   udpSocket(family, addr, port, encap) -> fd      non-blocking UDP socket, optional UDP_ENCAP_ESPINUDP
 //   setUdpEncap(fd)                                  UDP_ENCAP_ESPINUDP on any UDP socket fd (xfrm backend)
+//   localPort(fd) -> port                            getsockname (a socket bound to port 0)
 //   rawEspSocket(family, bindAddr) -> fd             SOCK_RAW, IPPROTO_ESP (plain ESP, RFC 4303 over IP)
 //   write(fd, buf) -> bytes                          one write(2) per packet (TUN)
 //   sendTo(fd, buf, family, addrBytes, port) -> bytes
@@ -31,6 +32,8 @@
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <netinet/udp.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -142,6 +145,10 @@ Napi::Value UdpSocket(const Napi::CallbackInfo& info) {
     SysError(env, "bind(UDP port " + std::to_string(port) + ")", err).ThrowAsJavaScriptException();
     return env.Null();
   }
+  if (!encap && getenv("FLEETSWAN_ESP_NO_GSO") == nullptr) {
+    // userspace ESP: take coalesced datagrams (one read for up to 64 packets; split in Poller)
+    setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one));
+  }
   if (encap) {
     int t = UDP_ENCAP_ESPINUDP;
     if (setsockopt(fd, SOL_UDP, UDP_ENCAP, &t, sizeof(t)) < 0) {
@@ -162,6 +169,19 @@ Napi::Value SetUdpEncap(const Napi::CallbackInfo& info) {
     SysError(env, "setsockopt(fd " + std::to_string(fd) + ", UDP_ENCAP)", errno).ThrowAsJavaScriptException();
   }
   return env.Undefined();
+}
+
+Napi::Value LocalPort(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  sockaddr_storage ss;
+  socklen_t sl = sizeof(ss);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sl) < 0) {
+    SysError(env, "getsockname(fd " + std::to_string(fd) + ")", errno).ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  int port = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port) : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  return Napi::Number::New(env, port);
 }
 
 Napi::Value RawEspSocket(const Napi::CallbackInfo& info) {
@@ -357,6 +377,10 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
       Deliver(env, 0, std::string("poll: ") + uv_strerror(status));
       return;
     }
+    if (withAddr_) {
+      DrainSocket(env);
+      return;
+    }
     size_t used = 0;
     uint32_t n = 0;
     int err = 0;
@@ -406,6 +430,88 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
     }
   }
 
+  // Sockets: recvmmsg into 64 KiB slots, kSlots datagrams per syscall, until EAGAIN or
+  // maxBatch packets. A UDP GRO datagram (UDP_GRO on the socket, cmsg with the segment size)
+  // is split back into its packets. Packets are copied compactly into the arena for Deliver.
+  static constexpr unsigned kSlots = 16;
+  void DrainSocket(Napi::Env env) {
+    if (slots_.empty()) {
+      slots_.resize(static_cast<size_t>(kSlots) * kMaxPacket);
+      cmsg_.resize(kSlots * CMSG_SPACE(sizeof(int)));
+    }
+    mmsghdr msgs[kSlots];
+    iovec iov[kSlots];
+    sockaddr_storage addrs[kSlots];
+    size_t used = 0;
+    uint32_t n = 0;
+    int err = 0;
+    while (n < maxBatch_) {
+      for (unsigned k = 0; k < kSlots; k++) {
+        iov[k] = iovec{slots_.data() + static_cast<size_t>(k) * kMaxPacket, kMaxPacket};
+        memset(&msgs[k], 0, sizeof(mmsghdr));
+        msgs[k].msg_hdr.msg_name = &addrs[k];
+        msgs[k].msg_hdr.msg_namelen = sizeof(sockaddr_storage);
+        msgs[k].msg_hdr.msg_iov = &iov[k];
+        msgs[k].msg_hdr.msg_iovlen = 1;
+        msgs[k].msg_hdr.msg_control = cmsg_.data() + k * CMSG_SPACE(sizeof(int));
+        msgs[k].msg_hdr.msg_controllen = CMSG_SPACE(sizeof(int));
+      }
+      int r = recvmmsg(fd_, msgs, kSlots, MSG_DONTWAIT, nullptr);
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) err = errno;
+        break;
+      }
+      if (r == 0) break;
+      for (int k = 0; k < r; k++) {
+        const uint8_t* p = slots_.data() + static_cast<size_t>(k) * kMaxPacket;
+        size_t len = msgs[k].msg_len;
+        size_t seg = len;
+        for (cmsghdr* c = CMSG_FIRSTHDR(&msgs[k].msg_hdr); c != nullptr; c = CMSG_NXTHDR(&msgs[k].msg_hdr, c)) {
+          if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+            int g = 0;
+            memcpy(&g, CMSG_DATA(c), sizeof(g));
+            if (g > 0) seg = static_cast<size_t>(g);
+          }
+        }
+        for (size_t off = 0; off < len || (len == 0 && off == 0); off += seg) {
+          const size_t l = len - off < seg ? len - off : seg;
+          if (arena_.size() - used < l + 16) arena_.resize(arena_.size() * 2 + l);
+          if (meta_.size() < (static_cast<size_t>(n) + 1) * 8) meta_.resize(meta_.size() * 2 + 8);
+          memcpy(arena_.data() + used, p + off, l);
+          uint32_t* m = meta_.data() + static_cast<size_t>(n) * 8;
+          FillAddr(m, &addrs[k]);
+          m[0] = static_cast<uint32_t>(used);
+          m[1] = static_cast<uint32_t>(l);
+          used = (used + l + 15) & ~static_cast<size_t>(15);
+          n++;
+          if (len == 0) break;
+        }
+      }
+      if (r < static_cast<int>(kSlots)) break;  // drained
+    }
+    if (n > 0) Deliver(env, n, "");
+    if (err != 0 && err != ENOTCONN && err != ECONNREFUSED) {
+      Deliver(env, 0, std::string("recvmmsg: ") + strerror(err));
+    }
+  }
+
+  static void FillAddr(uint32_t* m, const sockaddr_storage* ss) {
+    m[2] = m[3] = 0;
+    m[4] = m[5] = m[6] = m[7] = 0;
+    if (ss->ss_family == AF_INET) {
+      auto* s = reinterpret_cast<const sockaddr_in*>(ss);
+      m[2] = 4;
+      m[3] = ntohs(s->sin_port);
+      memcpy(&m[4], &s->sin_addr, 4);
+    } else if (ss->ss_family == AF_INET6) {
+      auto* s = reinterpret_cast<const sockaddr_in6*>(ss);
+      m[2] = 6;
+      m[3] = ntohs(s->sin6_port);
+      memcpy(&m[4], &s->sin6_addr, 16);
+    }
+  }
+
   void Deliver(Napi::Env env, uint32_t n, const std::string& error) {
     size_t bytes = 0;
     if (n > 0) {
@@ -429,12 +535,15 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
   Napi::FunctionReference cb_;
   std::vector<uint8_t> arena_;
   std::vector<uint32_t> meta_;
+  std::vector<uint8_t> slots_;
+  std::vector<uint8_t> cmsg_;
 };
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("openTun", Napi::Function::New(env, OpenTun));
   exports.Set("udpSocket", Napi::Function::New(env, UdpSocket));
   exports.Set("setUdpEncap", Napi::Function::New(env, SetUdpEncap));
+  exports.Set("localPort", Napi::Function::New(env, LocalPort));
   exports.Set("rawEspSocket", Napi::Function::New(env, RawEspSocket));
   exports.Set("write", Napi::Function::New(env, Write));
   exports.Set("sendTo", Napi::Function::New(env, SendTo));

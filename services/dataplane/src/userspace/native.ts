@@ -22,6 +22,8 @@ export interface FsespAddon {
   openTun(name: string): { fd: number; name: string };
   udpSocket(family: 4 | 6, address: Buffer, port: number, encap: boolean): number;
   setUdpEncap(fd: number): void;
+  /** The port a socket is bound to (getsockname). */
+  localPort?(fd: number): number;
   rawEspSocket(family: 4 | 6, bindAddress?: Buffer): number;
   /** Bytes written, or -errno for transient failures (EAGAIN, ENOBUFS, ...). */
   write(fd: number, packet: Buffer): number;

@@ -96,6 +96,9 @@ export interface UserspaceStats {
   acquires: number;
   ikeIn: number;
   keepalivesIn: number;
+  /** Wake-ups with packets from the TUN device / the UDP and raw sockets (packets per wake-up = outPackets / tunBatches). */
+  tunBatches: number;
+  sockBatches: number;
 }
 
 export class UserspaceConfigError extends FleetswanError {
@@ -159,6 +162,8 @@ function emptyStats(): UserspaceStats {
     acquires: 0,
     ikeIn: 0,
     keepalivesIn: 0,
+    tunBatches: 0,
+    sockBatches: 0,
   };
 }
 
@@ -630,6 +635,7 @@ export class UserspaceBackend implements Backend {
   private onTunBatch(data: Buffer, meta: Uint32Array, err: string | undefined): void {
     if (err) this.emit({ $case: "error", value: { code: "TUN_READ", message: `${this.tunName}: ${err}` } });
     const n = meta.length >>> 3;
+    if (n) this.stats.tunBatches++;
     this.batchDepth++;
     try {
       this.outData = data;
@@ -806,6 +812,7 @@ export class UserspaceBackend implements Backend {
 
   private onUdpBatch(data: Buffer, meta: Uint32Array): void {
     const n = meta.length >>> 3;
+    if (n) this.stats.sockBatches++;
     this.batchDepth++;
     try {
       this.inData = data;
@@ -852,6 +859,7 @@ export class UserspaceBackend implements Backend {
   }
 
   private onRawBatch(data: Buffer, meta: Uint32Array): void {
+    if (meta.length) this.stats.sockBatches++;
     this.batchDepth++;
     try {
       this.inData = data;
