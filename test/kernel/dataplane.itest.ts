@@ -4,6 +4,8 @@
  * ping between the site subnets through kernel ESP; counters through the API; a soft
  * expire from a tiny byte lifetime; `ip xfrm state deleteall` behind our back repaired;
  * a second dataplane start with the same state changes nothing.
+ * NAT-T in kernel mode: the 4500 socket carries UDP_ENCAP_ESPINUDP, ping through ESP-in-UDP,
+ * IKE (non-ESP marker) reaches the RelayIke stream both ways.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -46,4 +48,20 @@ test("kernel lab: dataplane programs kernel ESP through the gRPC API", { skip: m
   assert.ok(v.ping3.ok, v.ping3.out);
   assert.equal(v.stateFileMode, "600");
   assert.equal(v.socketMode, "600");
+});
+
+test("kernel lab: NAT-T in xfrm mode (UDP_ENCAP_ESPINUDP on 4500): ESP-in-UDP ping, IKE on RelayIke", { skip: missing ?? false, timeout: 600_000 }, async () => {
+  const r = await runFunctionInUml<Record<string, any>>(import.meta.resolve("./lab/dataplane-scenario.js"), "natt", {}, { timeoutMs: 540_000, mem: "768M" });
+  assert.equal(r.code, 0, `guest failed (code ${r.code}): ${r.output.slice(-4000)}\n${r.console.slice(-2000)}`);
+  const v = r.value!;
+  assert.ok(v.ping.ok, `ping through ESP-in-UDP failed: ${v.ping.out}\n${v.stateA}\n${v.logA}`);
+  assert.match(v.ping.out, / 0% packet loss/);
+  assert.match(v.stateA, /encap type espinudp sport 4500 dport 4500/, "the SAs carry the encap template");
+  assert.match(v.tcpdump, /192\.0\.2\.1\.4500 > 192\.0\.2\.2\.4500: UDP-encap: ESP\(spi=0xc000c001/, `ESP-in-UDP on the wire: ${v.tcpdump}`);
+  assert.ok(v.listSas.every((s: any) => s.encap?.srcPort === 4500 && s.encap?.dstPort === 4500), JSON.stringify(v.listSas));
+  assert.ok(v.listSas.some((s: any) => s.spi === 0xc000c001 && Number(s.packets) >= 5), JSON.stringify(v.listSas));
+  assert.deepEqual(v.relayedB.map((d: any) => d.payload), ["ike-from-a"], `IKE from A's plain socket reached B's RelayIke: ${JSON.stringify(v.relayedB)}\n${v.logB}`);
+  assert.match(v.relayedB[0].remote, /^192\.0\.2\.1:\d+$/);
+  assert.deepEqual(v.relayedA, [{ remote: "192.0.2.2:4500", payload: "ike-from-b", keepalive: false }], "B's sendIke left from 4500 with the marker; A's encap socket relayed it");
+  assert.ok(v.ping2.ok, `ESP after IKE on the same sockets: ${v.ping2.out}`);
 });

@@ -31,9 +31,9 @@ type Client = dataplane.DataplaneClient;
 const call = (c: Client, fn: (...a: any[]) => unknown, req: unknown): Promise<any> =>
   new Promise((resolve, reject) => fn.call(c, req, (e: Error | null, r: unknown) => (e ? reject(e) : resolve(r))));
 
-function startDataplane(ns: string, name: string, n: number): ChildProcess {
+function startDataplane(ns: string, name: string, n: number, extra: string[] = []): ChildProcess {
   const log = openSync(`${DIR}/${name}-${n}.log`, "w");
-  return spawn("ip", ["netns", "exec", ns, process.execPath, CLI, "dataplane", "--backend", "xfrm", "--socket", `${DIR}/${name}.sock`, "--metrics-port", "0", "--state-file", `${DIR}/${name}-state.json`, "--drift-interval", "2"], {
+  return spawn("ip", ["netns", "exec", ns, process.execPath, CLI, "dataplane", "--backend", "xfrm", "--socket", `${DIR}/${name}.sock`, "--metrics-port", "0", "--state-file", `${DIR}/${name}-state.json`, "--drift-interval", "2", ...extra], {
     stdio: ["ignore", log, log],
   });
 }
@@ -99,7 +99,7 @@ const stateIds = (ns: string): string[] =>
     .filter((l) => /^src |proto esp spi|aead /.test(l.trim()))
     .map((l) => l.trim());
 
-export async function main(): Promise<Record<string, unknown>> {
+function makeNetns(): void {
   mkdirSync(DIR, { recursive: true });
   for (const ns of [A, B]) sh(["ip", "netns", "add", ns]);
   sh(["ip", "-n", A, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", B]);
@@ -109,6 +109,10 @@ export async function main(): Promise<Record<string, unknown>> {
     sh(["ip", "-n", ns, "addr", "add", outer, "dev", "veth0"]);
     sh(["ip", "-n", ns, "addr", "add", inner, "dev", "lo"]);
   }
+}
+
+export async function main(): Promise<Record<string, unknown>> {
+  makeNetns();
   const res: Record<string, unknown> = {};
   let pa = startDataplane(A, "a", 1);
   const pb = startDataplane(B, "b", 1);
@@ -188,4 +192,83 @@ function spawnQuiet(args: string[]): void {
   } catch {
     /* cleanup */
   }
+}
+
+/**
+ * Kernel-mode NAT-T: both dataplanes own UDP 4500 (--natt-port 4500, UDP_ENCAP_ESPINUDP set
+ * through the fsesp addon), SAs with encap 4500/4500 installed through gRPC; ping through
+ * ESP-in-UDP (tcpdump on the wire), and IKE datagrams with the non-ESP marker travel both
+ * ways through the same sockets: from a plain UDP socket in A to B's RelayIke stream, and
+ * from B's RelayIke stream (sendIke) to A's RelayIke stream.
+ */
+export async function natt(): Promise<Record<string, unknown>> {
+  makeNetns();
+  const res: Record<string, unknown> = {};
+  const pa = startDataplane(A, "na", 1, ["--natt-port", "4500"]);
+  const pb = startDataplane(B, "nb", 1, ["--natt-port", "4500"]);
+  try {
+    const ca = await connect("na");
+    const cb = await connect("nb");
+    const D = dataplane.Direction;
+    const kAB = randomBytes(20);
+    const kBA = randomBytes(20);
+    const encap = { srcPort: 4500, dstPort: 4500 };
+    const esa = (spi: number, src: string, dst: string, key: Buffer, d: dataplane.Direction) => ({ ...sa(spi, src, dst, key, d), encap, connection: "natt" });
+    await call(ca, ca.addSa, { sa: esa(0xc000c001, "192.0.2.1", "192.0.2.2", kAB, D.DIRECTION_OUT) });
+    await call(ca, ca.addSa, { sa: esa(0xc000d001, "192.0.2.2", "192.0.2.1", kBA, D.DIRECTION_IN) });
+    await call(cb, cb.addSa, { sa: esa(0xc000d001, "192.0.2.2", "192.0.2.1", kBA, D.DIRECTION_OUT) });
+    await call(cb, cb.addSa, { sa: esa(0xc000c001, "192.0.2.1", "192.0.2.2", kAB, D.DIRECTION_IN) });
+    for (const p of policies("10.1.0.0", "10.2.0.0", "192.0.2.1", "192.0.2.2")) await call(ca, ca.addPolicy, { policy: p });
+    for (const p of policies("10.2.0.0", "10.1.0.0", "192.0.2.2", "192.0.2.1")) await call(cb, cb.addPolicy, { policy: p });
+    // RelayIke streams (the agent's side), hello first.
+    const relayed: Record<string, dataplane.IkeDatagram[]> = { a: [], b: [] };
+    const relay = (c: Client, side: string) => {
+      const s = c.relayIke();
+      s.on("data", (d: dataplane.IkeDatagram) => relayed[side]!.push(d));
+      s.on("error", () => undefined);
+      s.write({ remoteAddress: "", remotePort: 0, localAddress: "", payload: Buffer.alloc(0), hello: true, keepalive: false });
+      return s;
+    };
+    const ra = relay(ca, "a");
+    const rb = relay(cb, "b");
+    await sleep(500);
+    // The 4500 sockets carry the encap option (ss shows it as a UDP socket bound to 4500 in each netns).
+    res.sockets = inNs(A, ["ss", "-uanp", "sport", "=", ":4500"]);
+    // ESP-in-UDP on the wire while pinging: tcpdump in B on veth0, UDP 4500 with a non-zero SPI.
+    const dump = spawn("ip", ["netns", "exec", B, "tcpdump", "-l", "-n", "-i", "veth0", "-c", "6", "udp", "port", "4500", "and", "udp[8:4]", "!=", "0"], { stdio: ["ignore", "pipe", "pipe"] });
+    const dumpDone = new Promise((r) => dump.once("exit", r));
+    let dumpOut = "";
+    dump.stdout!.on("data", (d: Buffer) => (dumpOut += d.toString()));
+    dump.stderr!.on("data", (d: Buffer) => (dumpOut += d.toString()));
+    await sleep(1500);
+    res.ping = tryNs(A, ["ping", "-c", "5", "-i", "0.3", "-s", "600", "-W", "2", "-I", "10.1.0.1", "10.2.0.1"]);
+    await sleep(500);
+    dump.kill("SIGINT"); // exits by itself after 6 packets
+    await Promise.race([dumpDone, sleep(5000)]);
+    res.tcpdump = dumpOut;
+    res.stateA = inNs(A, ["ip", "-s", "xfrm", "state"]).replace(/(aead \S+ )0x[0-9a-f]+/g, "$1<key>");
+    res.listSas = (await call(ca, ca.listSas, { connection: "natt" })).sas.map((s: dataplane.SaState) => ({ spi: s.sa!.id!.spi, encap: s.sa!.encap, packets: String(s.counters!.packets) }));
+    // IKE from a plain UDP socket in A (ephemeral port) to B:4500 with the non-ESP marker.
+    inNs(A, [process.execPath, "-e", `const s=require("dgram").createSocket("udp4");s.bind(0,"192.0.2.1",()=>s.send(Buffer.concat([Buffer.alloc(4),Buffer.from("ike-from-a")]),4500,"192.0.2.2",()=>s.close()));`]);
+    // IKE from B's agent through B's relay (sendIke) to A:4500, which relays it to A's agent.
+    rb.write({ remoteAddress: "192.0.2.1", remotePort: 4500, localAddress: "", payload: Buffer.from("ike-from-b"), hello: false, keepalive: false });
+    await waitFor("relayed IKE", () => relayed.a!.length >= 1 && relayed.b!.length >= 1, 15_000).catch(() => undefined);
+    const j = (d: dataplane.IkeDatagram) => ({ remote: `${d.remoteAddress}:${d.remotePort}`, payload: Buffer.from(d.payload).toString(), keepalive: d.keepalive });
+    res.relayedA = relayed.a!.map(j);
+    res.relayedB = relayed.b!.map(j);
+    // ESP still flows after the IKE traffic on the same sockets.
+    res.ping2 = tryNs(B, ["ping", "-c", "3", "-i", "0.3", "-W", "2", "-I", "10.2.0.1", "10.1.0.1"]);
+    res.xfrmStat = inNs(B, ["cat", "/proc/net/xfrm_stat"]).split("\n").filter((l) => /\s[1-9]/.test(l));
+    ra.end();
+    rb.end();
+    ca.close();
+    cb.close();
+  } finally {
+    for (const p of [pa, pb]) p.kill("SIGTERM");
+    await sleep(500);
+    res.logA = readFileSync(`${DIR}/na-1.log`, "utf8").slice(-3000);
+    res.logB = readFileSync(`${DIR}/nb-1.log`, "utf8").slice(-3000);
+    for (const ns of [A, B]) spawnQuiet(["ip", "netns", "del", ns]);
+  }
+  return res;
 }

@@ -21,6 +21,8 @@ import {
   type Backend,
   type BackendEventListener,
   type Capabilities,
+  type NattSocket,
+  type NattSocketOptions,
   type Policy,
   type PolicyKey,
   type PolicyState,
@@ -39,6 +41,8 @@ import { XfrmSocket, errnoName, isExists, isNotFound } from "./netlink.js";
 import { requests } from "./requests.js";
 import { RouteManager } from "./routes.js";
 import { acquireFromXfrm, policyFromXfrm, saFromXfrm } from "./translate.js";
+import { EncapNattSocket } from "./natt.js";
+import type { FsespAddon } from "../userspace/native.js";
 
 export const NO_ESP_NOTE = "kernel lacks ESP (CONFIG_INET_ESP); use --backend userspace";
 
@@ -48,6 +52,8 @@ export interface XfrmBackendOptions {
   routes?: boolean | RouteManager;
   /** Netlink request timeout. */
   timeoutMs?: number;
+  /** For tests: the fsesp addon that opens the NAT-T socket (default: the built one). */
+  addon?: FsespAddon;
 }
 
 export class XfrmBackend implements Backend {
@@ -61,6 +67,7 @@ export class XfrmBackend implements Backend {
   private readonly routes: RouteManager | undefined;
   /** Routes we installed, by policy key string of the OUT policy -> dst prefix. */
   private readonly installedRoutes = new Map<string, string>();
+  private natt: EncapNattSocket | undefined;
 
   constructor(private readonly opts: XfrmBackendOptions = {}) {
     this.sock = new XfrmSocket({ timeoutMs: opts.timeoutMs });
@@ -245,7 +252,17 @@ export class XfrmBackend implements Backend {
     return { requests: this.sock.stats.requests, decodeErrors: this.sock.stats.decodeErrors + this.events.stats.decodeErrors, errorsByErrno: merged };
   }
 
+  /**
+   * UDP 4500 with UDP_ENCAP_ESPINUDP (through the fsesp addon): the kernel decapsulates
+   * ESP-in-UDP arriving on it; IKE (non-ESP marker) reaches onIke. Opened on the first call.
+   */
+  async nattSocket(opts: NattSocketOptions): Promise<NattSocket> {
+    this.natt ??= EncapNattSocket.open(opts, this.opts.addon);
+    return this.natt;
+  }
+
   async close(): Promise<void> {
+    await this.natt?.close();
     this.listeners.clear();
     this.sock.close();
     this.events.close();
