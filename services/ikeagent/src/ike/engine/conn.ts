@@ -245,7 +245,9 @@ export function compileConnection(def: fleet.ConnectionDef, secrets: SecretLooku
   return {
     name,
     def,
-    fingerprint: JSON.stringify(fleet.ConnectionDef.toJSON({ ...rest, secretRef: def.secretRef, revision: 0n } as fleet.ConnectionDef)) + (secret ? `|${secret.kind}:${secret.current.length}` : ""),
+    // What forces a renegotiation: the definition, minus what can change under a running SA
+    // (rotated secrets, a renewed certificate: picked up for the next authentication).
+    fingerprint: JSON.stringify(fleet.ConnectionDef.toJSON({ ...rest, local: { ...local, certificatePem: "" }, secretRef: def.secretRef, revision: 0n } as fleet.ConnectionDef)) + (secret ? `|${secret.kind}` : ""),
     localAddrs: local.addresses,
     remoteAddrs: remote.addresses.length ? remote.addresses : ["%any"],
     remotePort: local.port && remote.port ? remote.port : remote.port || 500,

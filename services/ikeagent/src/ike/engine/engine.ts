@@ -494,8 +494,10 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
       if (!fresh) removed.push(name);
       else if (fresh.fingerprint !== old.fingerprint) changed.push(name);
       else {
-        // Unchanged: keep the SAs; pick up rotated secrets and CAs.
+        // Unchanged: keep the SAs; pick up rotated secrets, renewed certificates and CAs.
         old.secret = fresh.secret;
+        old.certChain = fresh.certChain;
+        old.localId = fresh.localId;
         old.remoteCas = fresh.remoteCas;
       }
     }
