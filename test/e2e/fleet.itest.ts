@@ -173,6 +173,8 @@ describe('e2e fleet (gw-a, gw-b fleetswan userspace; gw-c strongSwan)', { skip: 
     const peerIkeSpis = new Set<string>();
     const abSpis = new Set<string>();
     const fab = flow('a', 'b', 1), fac = flow('a', 'c', 1);
+    // and exactly 1,000 packets/s one way: iperf3 UDP, 100-byte datagrams at 800 kbit/s
+    const udp = iperf3(hostOf('b'), hostOf('a'), addrOf('b'), { udp: true, bitrate: '800K', length: 100, seconds: 63, port: 5202 });
     const t0 = Date.now();
     while (Date.now() - t0 < 65_000) {
       for (const s of lab.spisByConnection('gw-a').get('a-b') ?? []) abSpis.add(s);
@@ -180,7 +182,13 @@ describe('e2e fleet (gw-a, gw-b fleetswan userspace; gw-c strongSwan)', { skip: 
       await sleep(1000);
     }
     const [rab, rac] = [await fab.stop(), await fac.stop()];
+    const u = await udp;
     await events.stop();
+    const ikeRekeys = events.events.filter((e) => e.kind === 'rekey' && e.connection === 'a-b' && e.gateway === 'gw-a' && /^IKE SA/.test(e.message)).length;
+    const childRekeys = events.events.filter((e) => e.kind === 'rekey' && e.connection === 'a-b' && e.gateway === 'gw-a' && /^CHILD SA/.test(e.message)).length;
+    log(`iperf3 UDP a->b 1,000 packets/s: ${u.lostPackets} lost of ${u.packets}; a-b rekeys reported by gw-a: ${childRekeys} CHILD, ${ikeRekeys} IKE`);
+    figures.push(['rekey under load: iperf3 UDP 1,000 packets/s a->b, lost', `${u.lostPackets} of ${u.packets}`]);
+    figures.push(['rekey under load: a-b rekeys (gw-a events) CHILD / IKE', `${childRekeys} / ${ikeRekeys}`]);
     log(`rekey window 65 s: a-b ${describeFlow(rab)}; a-c ${describeFlow(rac)}; a-b SPIs seen ${abSpis.size}; a-c IKE SAs seen on gw-c ${peerIkeSpis.size}; events ${events.summary()}`);
     figures.push(['rekey under load (ping -i 0.001, 65 s): lost a-b / a-c', `${rab.lost} / ${rac.lost} of ${rab.sent} / ${rac.sent} (${(rab.sent / rab.durationS).toFixed(0)} / ${(rac.sent / rac.durationS).toFixed(0)} packets/s)`]);
     figures.push(['rekey under load: SPIs seen a-b, IKE SAs seen a-c', `${abSpis.size}, ${peerIkeSpis.size}`]);
@@ -189,6 +197,8 @@ describe('e2e fleet (gw-a, gw-b fleetswan userspace; gw-c strongSwan)', { skip: 
     assert.ok(peerIkeSpis.size >= 2, `a-c: expected an IKE rekey (>= 2 IKE SAs seen on gw-c with ike_lifetime 50s), saw ${peerIkeSpis.size}`);
     // ping -i 0.001 is paced by its own timer and the replies; it reaches 600-1,000 packets/s here
     assert.ok(rab.sent / rab.durationS > 500, `the a-b flow sent only ${(rab.sent / rab.durationS).toFixed(0)} packets/s`);
+    assert.ok(ikeRekeys >= 1, `a-b: expected an IKE rekey within 65 s (ike_lifetime 50s); gw-a reported ${ikeRekeys} (events: ${events.summary()})`);
+    assert.equal(u.lostPackets, 0, `iperf3 UDP (1,000 packets/s) through a-b lost ${u.lostPackets} of ${u.packets} across rekeys`);
     assert.equal(rab.lost, 0, `a-b lost packets across rekeys: ${describeFlow(rab)}`);
     assert.equal(rac.lost, 0, `a-c lost packets across rekeys: ${describeFlow(rac)}`);
     await lab.waitAllUp(60_000);
