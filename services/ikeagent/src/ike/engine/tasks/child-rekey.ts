@@ -63,9 +63,14 @@ export class ChildRekey implements Task {
       await this.core.dp.deleteSa({ dst: sa.local.address, spi: this.#init!.child.spiIn, protocol: 50 }).catch(() => undefined);
       const delay = 2000 + Math.floor(Math.random() * 4000);
       this.core.log.info({ conn: old.conn.name, child: old.id }, `peer answered TEMPORARY_FAILURE to our CHILD SA rekey; retrying in ${(delay / 1000).toFixed(1)} s`);
-      const t = setTimeout(() => sa.state === "established" && old.state === "installed" && this.core.queue(sa, new ChildRekey(this.core, old)), delay);
+      // The retry goes to whichever IKE SA holds the child then: the TEMPORARY_FAILURE is
+      // typically the peer rekeying the IKE SA (§2.25), and the child moves to the new one.
+      const t = setTimeout(() => {
+        const owner = this.core.ikeSas().find((s) => s.children.get(old.id) === old);
+        if (owner?.state === "established" && old.state === "installed") this.core.queue(owner, new ChildRekey(this.core, old));
+      }, delay);
       t.unref?.();
-      sa.timers.push(t);
+      old.timers.push(t);
       return "done";
     }
     let fresh: ChildSa;

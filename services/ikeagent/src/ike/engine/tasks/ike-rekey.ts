@@ -119,12 +119,17 @@ export class IkeRekey implements Task {
       const min = lowest([fresh.ni, fresh.nr, ...collision.nonces]);
       if (fresh.ni.equals(min) || fresh.nr.equals(min)) {
         this.core.log.info({ conn: conn.name }, "IKE SA rekey collision (§2.8.1): ours has the lowest nonce, deleting our redundant IKE SA");
+        // The peer's new SA (which already holds the CHILD SAs) replaces both the old SA,
+        // which the peer deletes, and our redundant one: neither going is an "IKE SA down".
+        sa.replacedBy = collision.sa;
+        fresh.replacedBy = collision.sa;
         fresh.state = "established";
         fresh.tm.queue(new IkeDelete(this.core, { noRestart: true }));
         return "done";
       }
       this.core.log.info({ conn: conn.name }, "IKE SA rekey collision (§2.8.1): the peer's new IKE SA is redundant, the peer deletes it");
       moveChildren(collision.sa, fresh);
+      collision.sa.replacedBy = fresh;
     }
     moveChildren(sa, fresh);
     sa.replacedBy = fresh;
@@ -189,10 +194,10 @@ export async function respondIkeRekey(core: EngineCore, sa: IkeSa, ps: Payload[]
     after: async () => {
       core.register(fresh);
       moveChildren(sa, fresh);
-      if (!collision) {
-        sa.replacedBy = fresh;
-        sa.state = "rekeying";
-      }
+      // With a collision this is provisional: our own rekey's outcome decides (§2.8.1). If
+      // the peer deletes the old SA first, its CHILD SAs already live on `fresh`.
+      sa.replacedBy = fresh;
+      if (!collision) sa.state = "rekeying";
       core.ikeEstablished(fresh, sa);
     },
   };
