@@ -267,7 +267,8 @@ export function compileConnection(def: fleet.ConnectionDef, secrets: SecretLooku
     ikeLifetime: n(def.ikeLifetimeSeconds, 10800),
     childLifetime: n(def.childLifetimeSeconds, 3600),
     rekeyMargin: def.rekeyMarginSeconds > 0 ? def.rekeyMarginSeconds : 540,
-    rekeyFuzz: def.rekeyFuzzPercent > 0 ? def.rekeyFuzzPercent : 100,
+    // 0 is an explicit "no jitter" (rekeyfuzz=0%): every source fills the default 100 when omitted.
+    rekeyFuzz: def.rekeyFuzzPercent,
     dpdDelay: def.dpdDelaySeconds,
     dpdTimeout: n(def.dpdTimeoutSeconds, 150),
     keyingTries: def.keyingTries,
