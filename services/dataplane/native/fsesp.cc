@@ -10,6 +10,7 @@
 //   close(fd)
 //   new Poller(fd, withAddr, maxBatch, callback)     uv_poll on fd; when readable, read until EAGAIN
 //       (or maxBatch packets) and call callback(data: Buffer, meta: Uint32Array) once per batch.
+//       `data` is the poller's long-lived arena: valid during the callback only (copy to keep).
 //       meta holds 8 words per packet: offset, length, family (4/6/0), port, address (4 words,
 //       raw network-order bytes). Methods: start(), stop(), close().
 //
@@ -289,7 +290,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
     maxBatch_ = info[2].As<Napi::Number>().Uint32Value();
     if (maxBatch_ == 0 || maxBatch_ > 4096) maxBatch_ = 256;
     cb_ = Napi::Persistent(info[3].As<Napi::Function>());
-    arena_.resize(kMaxPacket * 4);
+    Grow(env, kMaxPacket * 8, 0);
     meta_.resize(maxBatch_ * 8);
     uv_loop_t* loop = nullptr;
     napi_get_uv_event_loop(env, &loop);
@@ -385,8 +386,8 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
     uint32_t n = 0;
     int err = 0;
     while (n < maxBatch_) {
-      if (arena_.size() - used < kMaxPacket) arena_.resize(arena_.size() * 2);
-      uint8_t* p = arena_.data() + used;
+      if (cap_ - used < kMaxPacket) Grow(env, cap_ * 2, used);
+      uint8_t* p = arena_ + used;
       ssize_t r;
       sockaddr_storage ss;
       socklen_t sl = sizeof(ss);
@@ -476,9 +477,9 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
         }
         for (size_t off = 0; off < len || (len == 0 && off == 0); off += seg) {
           const size_t l = len - off < seg ? len - off : seg;
-          if (arena_.size() - used < l + 16) arena_.resize(arena_.size() * 2 + l);
+          if (cap_ - used < l + 16) Grow(env, cap_ * 2 + l, used);
           if (meta_.size() < (static_cast<size_t>(n) + 1) * 8) meta_.resize(meta_.size() * 2 + 8);
-          memcpy(arena_.data() + used, p + off, l);
+          memcpy(arena_ + used, p + off, l);
           uint32_t* m = meta_.data() + static_cast<size_t>(n) * 8;
           FillAddr(m, &addrs[k]);
           m[0] = static_cast<uint32_t>(used);
@@ -518,7 +519,10 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
       const uint32_t* last = meta_.data() + (n - 1) * 8;
       bytes = last[0] + last[1];
     }
-    Napi::Buffer<uint8_t> data = Napi::Buffer<uint8_t>::Copy(env, arena_.data(), bytes);
+    (void)bytes;
+    // The batch lives in one long-lived Buffer (no copy, no garbage per batch): valid only
+    // during the callback, overwritten by the next batch; JS reads it through meta's offsets.
+    Napi::Buffer<uint8_t> data = buf_.Value();
     Napi::ArrayBuffer mab = Napi::ArrayBuffer::New(env, n * 8 * sizeof(uint32_t));
     if (n > 0) memcpy(mab.Data(), meta_.data(), n * 8 * sizeof(uint32_t));
     Napi::Uint32Array meta = Napi::Uint32Array::New(env, n * 8, mab, 0);
@@ -533,7 +537,20 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
   uint32_t maxBatch_ = 256;
   uv_poll_t* handle_ = nullptr;
   Napi::FunctionReference cb_;
-  std::vector<uint8_t> arena_;
+  // The arena is a JS Buffer kept alive by a reference (stable memory); growing replaces it
+  // (the old one is collected once JS drops it) and carries over the bytes read so far.
+  void Grow(Napi::Env env, size_t need, size_t keep) {
+    if (need <= cap_) return;
+    Napi::Buffer<uint8_t> nb = Napi::Buffer<uint8_t>::New(env, need);
+    if (keep > 0) memcpy(nb.Data(), arena_, keep);
+    buf_ = Napi::Persistent(nb);
+    arena_ = nb.Data();
+    cap_ = need;
+  }
+
+  Napi::Reference<Napi::Buffer<uint8_t>> buf_;
+  uint8_t* arena_ = nullptr;
+  size_t cap_ = 0;
   std::vector<uint32_t> meta_;
   std::vector<uint8_t> slots_;
   std::vector<uint8_t> cmsg_;

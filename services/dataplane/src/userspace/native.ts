@@ -15,7 +15,11 @@ export interface PollerInstance {
   close(): void;
 }
 
-/** Called once per batch: `meta` holds 8 words per packet (offset, length, family, port, address[4]). */
+/**
+ * Called once per batch: `meta` holds 8 words per packet (offset, length, family, port,
+ * address[4]) into `data`, the poller's long-lived arena: valid during the call only (it is
+ * overwritten by the next batch; copy what you keep) and longer than the batch.
+ */
 export type BatchCallback = (data: Buffer, meta: Uint32Array, error: string | undefined) => void;
 
 export interface FsespAddon {
