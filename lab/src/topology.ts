@@ -4,7 +4,8 @@
  *   - <inst>-gw-X: a gateway; `transit` (192.0.2.i/24), `site` (10.i.0.1/24), `mgmt`
  *     (198.18.N.10+i/24, a veth to the host bridge <inst>-mgmt: NATS, metrics). No default
  *     route: traffic between sites can only go through a tunnel (see addUnderlayRoutes).
- *   - <inst>-host-X: a host in the site subnet (10.i.0.10/24, default route via the gateway).
+ *   - <inst>-host-X: a host in the site subnet (10.i.0.10/24, default route via the gateway);
+ *     without site hosts (scale runs) the gateway has its site address on lo.
  * Everything is created by `createTopology` and removed by `destroyTopology`, which also
  * kills every process still running in those namespaces.
  */
@@ -79,11 +80,13 @@ async function createGateway(c: LabConfig, g: LabGateway): Promise<void> {
     await ipn(hn, ["addr", "add", `${g.hostAddr}/24`, "dev", "eth0"]);
     await ipn(hn, ["link", "set", "eth0", "up"]);
     await ipn(hn, ["route", "add", "default", "via", g.siteGwAddr]);
+    await ipn(ns, ["addr", "add", `${g.siteGwAddr}/24`, "dev", GW_IF.site]);
+    await ipn(ns, ["link", "set", GW_IF.site, "up"]);
   } else {
-    await ipn(ns, ["link", "add", GW_IF.site, "type", "dummy"]);
+    // no site host (scale runs): the site address on lo, as in the harness topologies
+    // (this host kernel has no dummy interfaces)
+    await ipn(ns, ["addr", "add", `${g.siteGwAddr}/32`, "dev", "lo"]);
   }
-  await ipn(ns, ["addr", "add", `${g.siteGwAddr}/24`, "dev", GW_IF.site]);
-  await ipn(ns, ["link", "set", GW_IF.site, "up"]);
 }
 
 /** Run fn over items with at most `limit` in flight. */
