@@ -8,7 +8,7 @@
  * ApplySpec to the agent seeing a view with the new revision.
  *
  *   npx tsc -b services/controller test && npx tsc -p bench/convergence.tsconfig.json
- *   node bench/dist/convergence.js [N ...]        (default: 100 1000)
+ *   node bench/dist/convergence.js [--runs R] [N ...]        (default: 100 1000, 1 run)
  *
  * Figures (2 vCPU, shared with other workloads: load average 3-7 during the runs, so
  * the spread is mostly CPU contention between controller, nats-server and 1,000 agents):
@@ -20,6 +20,8 @@
  * `yaml` CST parser is ~70 % of compile) and rendering in a worker thread.
  */
 import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
+import { readFileSync, readdirSync } from "node:fs";
+import { loadavg } from "node:os";
 import { connect, type NatsConnection } from "nats";
 import { createLogger } from "@fleetswan/common";
 import { fleet } from "@fleetswan/proto";
@@ -36,6 +38,20 @@ function spec(n: number, dpdDelay: number): string {
   lines.push("connections:");
   for (let i = 0; i < n; i++) lines.push(`  - { name: ring-${i}, gateways: [gw-${i}, gw-${(i + 1) % n}] }`);
   return lines.join("\n") + "\n";
+}
+
+/** CPU seconds (user + system) of the nats-server whose command line names `configFile`. */
+function natsCpu(configFile: string): number {
+  for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+    try {
+      if (!readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(configFile)) continue;
+      const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+      return (Number(f[11]) + Number(f[12])) / 100; // utime + stime, clock ticks (100/s)
+    } catch {
+      /* gone */
+    }
+  }
+  return NaN;
 }
 
 const pct = (sorted: number[], p: number): number => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
@@ -66,17 +82,22 @@ async function run(n: number): Promise<void> {
     const results = Promise.all(pool.map((wk) => new Promise<number[]>((res) => wk.once("message", (m: number[]) => res(m)))));
     for (const wk of pool) wk.postMessage(String(target));
     await new Promise((r) => setTimeout(r, 200));
+    const cpu0 = process.cpuUsage();
+    const ncpu0 = natsCpu(nats.configFile);
     const t0 = performance.timeOrigin + performance.now();
     const r1 = await client.apply({ specYaml: spec(n, 20), sourceName: "bench.yaml", baseRevision: base });
     const applyMs = performance.timeOrigin + performance.now() - t0;
     if (r1.error) throw new Error(r1.error.message);
     if (r1.revision !== target) throw new Error(`revision ${r1.revision}, expected ${target}`);
     const seenAt = (await Promise.race([results, new Promise<never>((_, rej) => setTimeout(() => rej(new Error(`agents did not converge in 60 s`)), 60_000))])).flat();
+    const cpu = process.cpuUsage(cpu0);
+    const ncpu = natsCpu(nats.configFile) - ncpu0;
     await Promise.all(pool.map((wk) => wk.terminate()));
     const seen = seenAt.map((t) => t - t0);
     const sorted = [...seen].sort((a, b) => a - b);
     const f = (x: number) => `${x.toFixed(0)} ms`;
     console.log(`${String(n).padStart(5)} gateways: p50 ${f(pct(sorted, 50))}  p99 ${f(pct(sorted, 99))}  max ${f(sorted[n - 1]!)}  (ApplySpec round trip ${f(applyMs)}, ${n} views rewritten; agents connected in ${connectMs} ms)`);
+    console.log(`                 CPU until the last agent saw it: bench process (controller + agents) ${((cpu.user + cpu.system) / 1e6).toFixed(2)} s, nats-server ${ncpu.toFixed(2)} s; load average ${loadavg()[0]!.toFixed(1)}`);
     await ctl.stop();
   } finally {
     await Promise.all(conns.map((c) => c.close().catch(() => undefined)));
@@ -118,7 +139,10 @@ async function agentWorker(): Promise<void> {
 if (!isMainThread) {
   await agentWorker();
 } else {
-const sizes = process.argv.slice(2).map(Number).filter((x) => x > 1);
-console.log(`convergence: one spec change (defaults.dpd.delay) -> every agent sees its new view (node ${process.version})`);
-for (const n of sizes.length ? sizes : [100, 1000]) await run(n);
+const args = process.argv.slice(2);
+const ri = args.indexOf("--runs");
+const runs = ri >= 0 ? Number(args.splice(ri, 2)[1]) : 1;
+const sizes = args.map(Number).filter((x) => x > 1);
+console.log(`convergence: one spec change (defaults.dpd.delay) -> every agent sees its new view (node ${process.version}, ${runs} run(s) per size)`);
+for (const n of sizes.length ? sizes : [100, 1000]) for (let i = 0; i < runs; i++) await run(n);
 }
