@@ -66,7 +66,21 @@ describe(`e2e scale: ${N || 50} gateways, hub and spoke`, { skip: skip ?? false,
       ['all dataplanes RSS total (after)', `${mb(sum(now.dp))} MB = ${mb(sum(now.dp) / tunnels)} MB per tunnel`],
       ['agent+dataplane RSS growth per tunnel end', `${((sum(now.agent) + sum(now.dp) - sum(base.agent) - sum(base.dp)) / (2 * tunnels)).toFixed(0)} kB`],
     ];
+    // stable? 20 s later every end must still be up, and traffic must flow spoke -> hub
+    await sleep(20_000);
+    const later = await l.notUp();
+    const hub = gws[0]!;
+    const sample = [gws[1]!, gws[Math.floor(N / 2)]!, gws[N - 1]!];
+    const pings: string[] = [];
+    for (const g of sample) {
+      const p = await l.exec(g.name, ['ping', '-c', '3', '-i', '0.2', '-W', '2', '-I', g.siteGwAddr, hub.siteGwAddr], { allowFail: true });
+      const m = p.stdout.match(/(\d+) received/);
+      pings.push(`${g.name}->${hub.name} ${m ? m[1] : 0}/3`);
+    }
+    rows.push(['20 s later: connection ends not up', later.length === 0 ? 'none' : `${later.length}: ${later.slice(0, 2).join('; ')}${later.length > 2 ? '; ...' : ''}`]);
+    rows.push(['ping spoke site -> hub site (3 samples)', pings.join(', ')]);
     process.stderr.write(`\n# e2e scale figures\n${table(rows).replace(/^/gm, '# ')}\n`);
-    assert.deepEqual(await l.notUp(), []);
+    assert.deepEqual(later, [], `20 s after convergence ${later.length} connection ends are no longer up`);
+    assert.ok(pings.every((x) => x.endsWith(' 3/3')), `traffic spoke -> hub: ${pings.join(', ')}`);
   });
 });
