@@ -35,6 +35,10 @@ import {
 export const CA_SECRET_NAME = "ca.fleet";
 export const DEFAULT_WINDOW_SECONDS = 600;
 const MIN_PSK_BYTES = 20;
+/** Sealed-blob publishes outstanding at once in #sealTo. */
+const SEAL_IN_FLIGHT = 512;
+/** Seals between two turns of the event loop in #sealTo (lets the NATS client flush). */
+const SEAL_YIELD_EVERY = 32;
 
 export interface KeyManagerOptions {
   nc: NatsConnection;
@@ -397,28 +401,56 @@ export class KeyManager {
     };
   }
 
-  /** Seal the record's current values to each listed gateway that is enrolled. */
+  /**
+   * Seal the record's current values to each listed gateway that is enrolled, and publish
+   * the blobs pipelined: up to SEAL_IN_FLIGHT puts outstanding (a new one starts as soon as
+   * any completes, never a whole batch awaited), and the event loop gets a turn every
+   * SEAL_YIELD_EVERY seals so the first blobs are on the wire (and being unsealed by their
+   * agents) while the rest are still being sealed.
+   */
   async #sealTo(rec: SecretRecord, gateways: string[]): Promise<{ sealed: string[]; pending: string[] }> {
     if (rec.kind === "ca") return { sealed: [], pending: [] };
     const values = decryptValues(this.#o.keyring, rec);
     const payload = this.#payload(rec, values, Date.now());
     const sealed: string[] = [];
     const pending: string[] = [];
-    const jobs: Promise<void>[] = [];
-    for (const gw of gateways) {
-      const agent = this.#agentKeys.get(gw);
-      if (!agent) {
-        pending.push(gw);
-        continue;
+    let inFlight = 0;
+    let failure: unknown;
+    let wake: (() => void) | undefined;
+    const settled = (): void => {
+      inFlight--;
+      const w = wake;
+      wake = undefined;
+      w?.();
+    };
+    try {
+      let sinceYield = 0;
+      for (const gw of gateways) {
+        const agent = this.#agentKeys.get(gw);
+        if (!agent) {
+          pending.push(gw);
+          continue;
+        }
+        while (inFlight >= SEAL_IN_FLIGHT) await new Promise<void>((r) => (wake = r));
+        if (failure) break;
+        const blob = sealSecret(payload, { gateway: gw, secretRef: rec.name, version: rec.version, recipientPublic: Buffer.from(agent.publicKey, "base64") });
+        this.metrics.seals.inc();
+        inFlight++;
+        this.#secrets.put(`${gw}.${rec.name}`, fleet.SealedSecret.encode(blob).finish()).then(
+          () => { sealed.push(gw); settled(); },
+          (e: unknown) => { failure ??= e; settled(); },
+        );
+        if (++sinceYield >= SEAL_YIELD_EVERY) {
+          sinceYield = 0;
+          await new Promise<void>((r) => setImmediate(r));
+        }
       }
-      const blob = sealSecret(payload, { gateway: gw, secretRef: rec.name, version: rec.version, recipientPublic: Buffer.from(agent.publicKey, "base64") });
-      this.metrics.seals.inc();
-      jobs.push(this.#secrets.put(`${gw}.${rec.name}`, fleet.SealedSecret.encode(blob).finish()).then(() => void sealed.push(gw)));
-      if (jobs.length >= 256) await Promise.all(jobs.splice(0));
+      while (inFlight > 0) await new Promise<void>((r) => (wake = r));
+    } finally {
+      values.value.wipe();
+      values.previous?.wipe();
     }
-    await Promise.all(jobs);
-    values.value.wipe();
-    values.previous?.wipe();
+    if (failure) throw failure;
     return { sealed, pending };
   }
 

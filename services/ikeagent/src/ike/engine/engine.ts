@@ -23,7 +23,7 @@ import { IkeFailure, Reason } from "./failure.js";
 import { CookieJar } from "./keymat.js";
 import { createEngineMetrics, type EngineMetrics } from "./metrics.js";
 import { ChildSa, IkeSa, type Endpoint } from "./sa.js";
-import { DEFAULT_RETRANSMIT, TaskManager, type Response, type RetransmitConfig, type Task } from "./task-manager.js";
+import { DEFAULT_RETRANSMIT, TaskManager, type Response, type RetransmitConfig, type Task, type TaskManagerHost } from "./task-manager.js";
 import { hostTs, tsToString, type Ts } from "./ts.js";
 import { ChildCreate, respondChildCreate } from "./tasks/child-create.js";
 import { ChildDelete, respondChildDelete } from "./tasks/child-delete.js";
@@ -81,6 +81,8 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
   #connState = new Map<string, ConnState>();
   #sas = new Map<string, IkeSa>();
   #halfOpen = new Map<string, IkeSa>();
+  /** Established IKE SAs by connection and peer identity (uniqueids, INITIAL_CONTACT) without a scan of every SA. */
+  #byPeer = new Map<string, Set<IkeSa>>();
   #routed = new Set<string>();
   #reqids = new Map<string, number>();
   #nextReqid = 1;
@@ -92,6 +94,8 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
   #unwatch: () => void;
   #stopped = false;
   #cookieRotate: NodeJS.Timeout;
+  /** What every IKE SA's task manager needs from the engine (one object, not closures per SA). */
+  readonly #tmHost: TaskManagerHost;
 
   constructor(opts: EngineOptions) {
     super();
@@ -101,9 +105,19 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     this.log = opts.log ?? createLogger("ikeagent");
     this.metrics = opts.metrics ?? createEngineMetrics();
     this.#retransmit = opts.retransmit ?? DEFAULT_RETRANSMIT;
+    this.#tmHost = {
+      log: this.log,
+      retransmit: this.#retransmit,
+      send: (s, packet) => this.#send(s, packet),
+      respond: (s, exchange, ps, msg) => this.#respond(s, exchange, ps, msg),
+      onRetransmit: (_s, task) => this.metrics.retransmissions.inc({ exchange: nameOf(ExchangeType, task.exchange) }),
+    };
     this.#unwatch = this.dp.watchEvents((e) => void this.#onDataplaneEvent(e));
     this.#cookieRotate = setInterval(() => this.cookies.rotate(), 120_000);
     this.#cookieRotate.unref?.();
+    // The SA gauges are counted when metrics are read, not on every change (that was a
+    // scan of every SA per handshake).
+    this.metrics.refreshSaGauges = () => this.#countSas();
   }
 
   // ------------------------------------------------------------ EngineCore --
@@ -128,13 +142,7 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
   }
   createIkeSa(initiator: boolean, spiI: Buffer, local: Endpoint, remote: Endpoint): IkeSa {
     const sa = new IkeSa(this.#nextUnique++, initiator, spiI, local, remote);
-    sa.tm = new TaskManager(sa, {
-      log: this.log,
-      retransmit: this.#retransmit,
-      send: (s, packet) => this.#send(s, packet),
-      respond: (s, exchange, ps, msg) => this.#respond(s, exchange, ps, msg),
-      onRetransmit: (_s, task) => this.metrics.retransmissions.inc({ exchange: nameOf(ExchangeType, task.exchange) }),
-    });
+    sa.tm = new TaskManager(sa, this.#tmHost);
     return sa;
   }
   register(sa: IkeSa): void {
@@ -157,8 +165,12 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     const conn = sa.conn!;
     sa.state = "established";
     sa.establishedAt = new Date();
-    for (const [k, v] of this.#halfOpen) if (v === sa) this.#halfOpen.delete(k);
+    this.#dropHalfOpen(sa);
     this.register(sa);
+    const peerKey = `${conn.name}\0${sa.remoteIdText}`;
+    let peers = this.#byPeer.get(peerKey);
+    if (!peers) this.#byPeer.set(peerKey, (peers = new Set()));
+    peers.add(sa); // before the loop below: a destroyed last member must not drop the set from the map
     const st = this.#state(conn.name);
     st.attempts = 0;
     if (st.retry) clearTimeout(st.retry);
@@ -168,7 +180,9 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     } else {
       this.event("ike_up", conn.name, `IKE SA #${sa.uniqueId} established with ${sa.remote.address} ('${sa.remoteIdText}'): ${this.#ikeAlgText(sa)}`);
       // §2.4 INITIAL_CONTACT / uniqueids: an older IKE SA with the same peer identity goes.
-      for (const other of this.#sas.values()) {
+      // (Without either, SAs of one identity may pile up: do not look at them at all.)
+      const replace = sa.initialContact || (conn.uniqueIds && !sa.initiator);
+      if (replace) for (const other of peers) {
         if (other === sa || other.conn?.name !== conn.name || other.remoteIdText !== sa.remoteIdText || other.state !== "established") continue;
         if (sa.initialContact) {
           this.log.info({ conn: conn.name, old: other.uniqueId }, "peer sent INITIAL_CONTACT: deleting the old IKE SA without notice");
@@ -180,6 +194,13 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
       }
     }
     this.#scheduleIke(sa);
+  }
+
+  #dropHalfOpen(sa: IkeSa): void {
+    if (sa.halfOpenKey !== undefined && this.#halfOpen.get(sa.halfOpenKey) === sa) this.#halfOpen.delete(sa.halfOpenKey);
+    sa.halfOpenKey = undefined;
+    if (sa.halfOpenTimer) clearTimeout(sa.halfOpenTimer);
+    sa.halfOpenTimer = undefined;
   }
 
   #scheduleIke(sa: IkeSa): void {
@@ -277,7 +298,12 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     sa.tm.destroy();
     sa.clearTimers();
     if (this.#sas.get(hex(sa.mySpi)) === sa) this.#sas.delete(hex(sa.mySpi));
-    for (const [k, v] of this.#halfOpen) if (v === sa) this.#halfOpen.delete(k);
+    this.#dropHalfOpen(sa);
+    if (sa.conn) {
+      const peerKey = `${sa.conn.name}\0${sa.remoteIdText}`;
+      const peers = this.#byPeer.get(peerKey);
+      if (peers?.delete(sa) && peers.size === 0) this.#byPeer.delete(peerKey);
+    }
     if (!opts.keepChildren) {
       for (const child of [...sa.children.values()]) await this.removeChild(sa, child, reason ? reason.message : "IKE SA deleted");
     }
@@ -330,7 +356,7 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     const e: EngineEvent = { time: new Date(), kind, connection: conn, message, ...(code ? { code } : {}) };
     const line = `${e.time.toISOString()} ${kind}${conn ? ` ${conn}` : ""}${code ? ` [${code}]` : ""}: ${message}`;
     this.#recent.push(line);
-    if (this.#recent.length > 5000) this.#recent.splice(0, this.#recent.length - 5000);
+    if (this.#recent.length > 6000) this.#recent.splice(0, this.#recent.length - 5000); // amortized: not a 5000-entry shift per event
     if (code) this.log.warn({ conn, code, event: kind }, message);
     else this.log.info({ conn, event: kind }, message);
     this.emit("event", e);
@@ -343,6 +369,11 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
   }
 
   #changed(): void {
+    this.emit("change");
+  }
+
+  /** Sets fleetswan_ike_sas / fleetswan_child_sas (called when metrics are read). */
+  #countSas(): void {
     const ike: Record<string, number> = { connecting: 0, established: 0, rekeying: 0, deleting: 0 };
     const child: Record<string, number> = { creating: 0, installed: 0, rekeying: 0, rekeyed: 0, deleting: 0 };
     for (const sa of this.#sas.values()) {
@@ -351,7 +382,6 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     }
     for (const [k, v] of Object.entries(ike)) this.metrics.ikeSas.set({ state: k }, v);
     for (const [k, v] of Object.entries(child)) this.metrics.childSas.set({ state: k }, v);
-    this.emit("change");
   }
 
   // ------------------------------------------------------------- receiving --
@@ -380,11 +410,12 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
         const sa = r.sa;
         this.register(sa);
         this.#halfOpen.set(key, sa);
+        sa.halfOpenKey = key;
         this.#transport.send(local, remote, sa.initResponse!);
         // A half-open SA that never authenticates goes after 30 s.
         const t = setTimeout(() => sa.state === "connecting" && void this.destroyIkeSa(sa, undefined, { noRestart: true }), 30_000);
         t.unref?.();
-        sa.timers.push(t);
+        sa.halfOpenTimer = t;
       }
       return;
     }

@@ -228,7 +228,10 @@ export function respondIkeInit(core: EngineCore & { cookieRequired(): boolean },
     return reply([notify(NotifyType.INVALID_SYNTAX)]);
   }
   // 5. A new half-open IKE SA.
-  const sa = core.createIkeSa(false, Buffer.from(h.spiI), { ...local }, { ...remote });
+  // SPIi in a buffer of its own (not a slice of the shared pool: it lives as long as the SA)
+  const spiI = Buffer.allocUnsafeSlow(8);
+  h.spiI.copy(spiI);
+  const sa = core.createIkeSa(false, spiI, { ...local }, { ...remote });
   sa.spiR = core.newSpi();
   sa.candidates = matching;
   sa.conn = matching[0];
@@ -258,7 +261,8 @@ export function respondIkeInit(core: EngineCore & { cookieRequired(): boolean },
   const packet = encodeMessage({ spiI: sa.spiI, spiR: sa.spiR, exchangeType: ExchangeType.IKE_SA_INIT, messageId: 0, initiator: false, response: true }, out);
   sa.initResponse = packet;
   sa.tm.initResponded(packet);
-  core.log.info({ peer: remote.address, conn: sa.conn!.name, candidates: matching.map((c) => c.name) }, `IKE_SA_INIT from ${remote.address}: ${formatProposal(chosen)}${sa.natLocal ? ", local host is behind NAT" : ""}${sa.natRemote ? ", remote host is behind NAT" : ""}`);
+  // debug, not info: per handshake, and the ike_up event says the same once the SA is up
+  if (core.log.isLevelEnabled("debug")) core.log.debug({ peer: remote.address, conn: sa.conn!.name, candidates: matching.map((c) => c.name) }, `IKE_SA_INIT from ${remote.address}: ${formatProposal(chosen)}${sa.natLocal ? ", local host is behind NAT" : ""}${sa.natRemote ? ", remote host is behind NAT" : ""}`);
   return { kind: "sa", sa };
 }
 
