@@ -313,6 +313,55 @@ for (const kind of ['ecdsa-p256', 'ed25519', 'rsa-3072'] as const) {
   });
 }
 
+test('IKE fragmentation (RFC 7383): RSA-3072 certificates, IKE_AUTH split both ways (strongSwan fragment_size 576, ours 540), both directions', { skip: skip ?? needExecutable('/usr/bin/openssl') ?? false }, async () => {
+  const pkiDir = makeTempDir('fs-pki-frag');
+  const files = { ca: join(pkiDir, 'ca.crt'), gwbKey: join(pkiDir, 'gwb.key'), gwbCert: join(pkiDir, 'gwb.crt') };
+  const yaml = agentYaml({
+    auth: 'pubkey',
+    secretRef: 'gwb-key',
+    extraSecrets: `  gwb-key:\n    private_key_file: ${files.gwbKey}\n    certificate_file: ${files.gwbCert}\n`,
+    remoteCaFile: files.ca,
+  });
+  // strongSwan's fragment_size is the whole IP datagram; ours the IKE message (the daemon
+  // also leaves room for the non-ESP marker on 4500): 576 - 20 - 8 - 4 - slack.
+  const conf = charonConf({ auth: { cert: 'gwa.crt', key: 'gwa.key', ca: 'ca.crt' }, connExtra: '    fragmentation = yes\n' });
+  const env = await startEnv(yaml, conf, {
+    before: async (charonDir) => void (await makePki(pkiDir, 'rsa-3072', charonDir)),
+    charonExtra: 'retransmit_timeout = 1\n  retransmit_tries = 2\n  fragment_size = 576',
+    agentArgs: ['--fragment-size', '540'],
+  });
+  try {
+    for (const who of ['strongswan', 'fleetswan'] as const) {
+      const cap = await startCapture(env.net.nsOf('gwa'), 'veth0', { filter: 'udp port 500 or udp port 4500' });
+      if (who === 'strongswan') await env.charon.initiate({ child: 'net' });
+      else {
+        const r = await env.agent.ctl(['up', 'net', '--wait', '--timeout', '15000']);
+        assert.equal(r.code, 0, r.stdout + r.stderr);
+      }
+      const { ours } = await assertAgree(env);
+      assert.equal(ours.initiator ?? false, who === 'fleetswan');
+      await cap.stop();
+      // Both ends fragmented IKE_AUTH, and no IKE datagram was larger than 576 - 20 - 8.
+      const big = await countPackets(cap.file, '(udp.port == 500 || udp.port == 4500) && udp.length > 556');
+      assert.equal(big, 0, 'IKE datagrams within the limits');
+      const skf = await countPackets(cap.file, 'isakmp.nextpayload == 53');
+      assert.ok(skf >= 4, `SKF fragments on the wire: ${skf}`);
+      await env.charon.terminate({ ike: 's2s' });
+      await waitFor('our SA gone', async () => (await env.agent.status()).length === 0, { timeoutMs: 10000, intervalMs: 200 });
+    }
+    const log = env.charon.logTail(400);
+    assert.match(log, /splitting IKE message \(\d+ bytes\) into \d+ fragments/, 'strongSwan fragmented its IKE_AUTH');
+    assert.match(log, /received fragment #\d+ of \d+, reassembled fragmented IKE message/, 'strongSwan reassembled ours');
+    const ourLog = env.agent.log();
+    assert.match(ourLog, /IKE message reassembled from fragments/, 'we reassembled strongSwan\'s');
+    assert.match(ourLog, /"fragments":\d+,"msg":"sending (request|response)"|"fragments":\d+[^}]*"msg":"sending/, 'we sent fragments');
+  } catch (err) {
+    throw new Error(`${(err as Error).message}\n--- ikeagent:\n${logMessages(env.agent).slice(-30).join('\n')}\n--- charon:\n${env.charon.logTail(60)}`);
+  } finally {
+    await env.destroy();
+  }
+});
+
 async function startEnvDeferred(yaml: string, conf: string, before: (charonDir: string) => Promise<void>): Promise<Env> {
   return startEnv(yaml, conf, { before });
 }

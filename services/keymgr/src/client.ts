@@ -36,6 +36,9 @@ export class KeymgrClient {
   issueCertificate(req: Partial<keymgr.IssueCertificateRequest> & { gateway: string }): Promise<keymgr.IssueCertificateResponse> {
     return this.#call("IssueCertificate", keymgr.IssueCertificateRequest, keymgr.IssueCertificateRequest.fromPartial(req), keymgr.IssueCertificateResponse);
   }
+  deleteSecret(name: string): Promise<keymgr.DeleteSecretResponse> {
+    return this.#call("DeleteSecret", keymgr.DeleteSecretRequest, { name }, keymgr.DeleteSecretResponse);
+  }
   async listSecrets(): Promise<keymgr.ListSecretsResponse> {
     return this.#call("ListSecrets", keymgr.ListSecretsRequest, {}, keymgr.ListSecretsResponse as Codec<keymgr.ListSecretsResponse & { error?: undefined }>);
   }

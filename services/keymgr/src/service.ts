@@ -53,6 +53,12 @@ export interface KeyManagerOptions {
   renewFraction?: number;
   /** Do not serve the API (one-shot tools). */
   noServe?: boolean;
+  /**
+   * Compare every secret's version with its sealed blobs and reseal what is stale or
+   * missing (after a crash between writing a record and sealing it): at start and this
+   * often (ms, default 300 000; 0 = only at start).
+   */
+  repairIntervalMs?: number;
 }
 
 const err = (e: unknown): keymgr.KeymgrError =>
@@ -71,12 +77,16 @@ export class KeyManager {
   readonly #agentKeys = new Map<string, AgentRecord>();
   readonly #subs: Subscription[] = [];
   #timer: NodeJS.Timeout | undefined;
+  #repairTimer: NodeJS.Timeout | undefined;
+  #repairing: Promise<{ resealed: number }> | undefined;
   #stopped = false;
   #watchers: { stop(): void }[] = [];
   readonly metrics: {
     rotations: Counter<"outcome">;
     seals: Counter;
     enrollments: Counter<"outcome">;
+    repairs: Counter;
+    deletions: Counter;
   };
 
   constructor(opts: KeyManagerOptions) {
@@ -130,6 +140,8 @@ export class KeyManager {
       rotations: new Counter({ name: "fleetswan_keymgr_rotations_total", help: "Secret rotations, by outcome.", labelNames: ["outcome"], registers }),
       seals: new Counter({ name: "fleetswan_keymgr_seal_operations_total", help: "Secrets sealed to an agent key.", registers }),
       enrollments: new Counter({ name: "fleetswan_keymgr_enrollments_total", help: "Enrollment requests, by outcome.", labelNames: ["outcome"], registers }),
+      repairs: new Counter({ name: "fleetswan_keymgr_repaired_blobs_total", help: "Sealed blobs found stale or missing by the repair pass and sealed again.", registers }),
+      deletions: new Counter({ name: "fleetswan_keymgr_secret_deletions_total", help: "Secrets deleted (DeleteSecret).", registers }),
     };
     for (const o of ["ok", "error"]) this.metrics.rotations.inc({ outcome: o }, 0);
   }
@@ -160,12 +172,20 @@ export class KeyManager {
     this.#timer = setInterval(() => void this.maintenance().catch((e) => this.#log.warn({ err: (e as Error).message }, "maintenance failed")), every);
     this.#timer.unref();
     await this.maintenance();
+    await this.repairSealed().catch((e) => this.#log.warn({ err: (e as Error).message }, "repair of sealed blobs failed; retried on the timer"));
+    const repairEvery = this.#o.repairIntervalMs ?? 300_000;
+    if (repairEvery > 0) {
+      this.#repairTimer = setInterval(() => void this.repairSealed().catch((e) => this.#log.warn({ err: (e as Error).message }, "repair of sealed blobs failed")), repairEvery);
+      this.#repairTimer.unref();
+    }
     this.#log.info({ secrets: this.#index.size, agents: this.#agentKeys.size, masterKey: this.#o.keyring.current.id }, "keymgr ready");
   }
 
   async stop(): Promise<void> {
     this.#stopped = true;
     if (this.#timer) clearInterval(this.#timer);
+    if (this.#repairTimer) clearInterval(this.#repairTimer);
+    await this.#repairing?.catch(() => undefined);
     for (const s of this.#subs) s.unsubscribe();
     for (const w of this.#watchers) w.stop();
   }
@@ -386,6 +406,101 @@ export class KeyManager {
   /** PEM of the fleet CA certificate. */
   caCertificatePem(): string | undefined {
     return this.#index.get(CA_SECRET_NAME)?.rec.certificatePem;
+  }
+
+  /**
+   * Delete a secret: its record in fleet-keys and every sealed blob of it in
+   * fleet-secrets (agents drop a deleted blob). Idempotent: deleting a secret that does
+   * not exist reports deleted = false. The fleet CA cannot be deleted.
+   */
+  async deleteSecret(name: string): Promise<keymgr.DeleteSecretResponse> {
+    KeyManager.#checkName(name);
+    if (name === CA_SECRET_NAME) throw new FleetswanError("UNSUPPORTED", "the fleet CA cannot be deleted");
+    const cur = await this.#read(name);
+    // Blobs first, the record last: a crash in between leaves the record, and the next
+    // DeleteSecret (the controller retries) finds the remaining blobs.
+    const blobs = await this.#blobKeysOf(name);
+    await Promise.all(blobs.map((k) => this.#secrets.delete(k)));
+    if (cur) {
+      try {
+        await this.#keys.delete(name, { previousSeq: cur.revision });
+      } catch (e) {
+        if (/wrong last sequence/i.test((e as Error).message ?? "")) throw new ConflictError(`secret "${name}" was changed concurrently; retry`, { name });
+        throw e;
+      }
+      this.#index.delete(name);
+      this.metrics.deletions.inc();
+      this.#log.info({ name, blobs: blobs.length }, "secret deleted");
+    }
+    return { error: undefined, deleted: !!cur, blobsDeleted: blobs.length };
+  }
+
+  /** Keys of the sealed blobs of a secret (`<gw>.<name>`, also of gateways no longer in its record). */
+  async #blobKeysOf(name: string): Promise<string[]> {
+    return [...(await this.#sealedVersions()).keys()].filter((k) => k.endsWith(`.${name}`) && GATEWAY_RE.test(k.slice(0, -name.length - 1)));
+  }
+
+  /** The last value of every key in fleet-secrets: key -> version and recipient key id. */
+  async #sealedVersions(): Promise<Map<string, { version: number; recipientKeyId: string }>> {
+    const out = new Map<string, { version: number; recipientKeyId: string }>();
+    let done!: () => void;
+    const initialized = new Promise<void>((r) => (done = r));
+    const iter = await this.#secrets.watch({ initializedFn: () => done() });
+    void (async () => {
+      for await (const e of iter) {
+        if (e.operation !== "PUT") {
+          out.delete(e.key);
+          continue;
+        }
+        try {
+          const b = fleet.SealedSecret.decode(e.value);
+          out.set(e.key, { version: b.version, recipientKeyId: b.recipientKeyId });
+        } catch {
+          out.set(e.key, { version: -1, recipientKeyId: "" });
+        }
+      }
+    })();
+    await initialized;
+    iter.stop();
+    return out;
+  }
+
+  /**
+   * Repair pass: for every secret, each enrolled gateway of it must hold a blob of the
+   * record's version sealed to its current key. Reseals what is missing, older or sealed
+   * to a replaced key (keymgr crashed between writing a record and sealing it, or a put
+   * was lost). A blob of a newer version than our index (another replica just rotated)
+   * is left alone. Runs at start and on a slow timer; one pass at a time.
+   */
+  repairSealed(): Promise<{ resealed: number }> {
+    this.#repairing ??= (async () => {
+      try {
+        const have = await this.#sealedVersions();
+        let resealed = 0;
+        for (const name of [...this.#index.keys()]) {
+          if (this.#stopped) break;
+          const entry = this.#index.get(name);
+          if (!entry || entry.rec.kind === "ca") continue;
+          const stale = entry.rec.gateways.filter((gw) => {
+            const agent = this.#agentKeys.get(gw);
+            if (!agent) return false;
+            const b = have.get(`${gw}.${name}`);
+            return !b || b.version < entry.rec.version || (b.version === entry.rec.version && b.recipientKeyId !== agent.keyId);
+          });
+          if (stale.length === 0) continue;
+          const cur = await this.#read(name); // the newest record, not the index's copy
+          if (!cur) continue;
+          const { sealed } = await this.#sealTo(cur.rec, stale);
+          resealed += sealed.length;
+          this.metrics.repairs.inc(sealed.length);
+          this.#log.warn({ name, version: cur.rec.version, gateways: stale.length }, "sealed blobs were stale or missing; sealed again");
+        }
+        return { resealed };
+      } finally {
+        this.#repairing = undefined;
+      }
+    })();
+    return this.#repairing;
   }
 
   // ------------------------------------------------------------------ sealing ----
@@ -619,6 +734,10 @@ export class KeyManager {
         }
         case "ListSecrets":
           return reply(keymgr.ListSecretsResponse.encode(this.listSecrets()).finish());
+        case "DeleteSecret": {
+          const r = keymgr.DeleteSecretRequest.decode(m.data);
+          return reply(keymgr.DeleteSecretResponse.encode(await this.deleteSecret(r.name)).finish());
+        }
         default:
           return reply(keymgr.SecretInfo.encode({ ...keymgr.SecretInfo.fromPartial({}), error: { code: "UNKNOWN_METHOD", message: `unknown method "${method}"` } }).finish());
       }

@@ -46,6 +46,8 @@ export interface AgentOptions {
   log?: Logger;
   /** NAT-T keepalive interval in seconds (default 20). */
   keepaliveSeconds?: number;
+  /** RFC 7383: largest IKE message sent unfragmented (default 1232). */
+  fragmentSize?: number;
   /** Delete SAs on stop (default: keep them so a restart drops no traffic). */
   deleteOnStop?: boolean;
   version?: string;
@@ -83,6 +85,7 @@ export async function startAgent(opts: AgentOptions): Promise<Agent> {
     ...(opts.retransmit ? { retransmit: opts.retransmit } : {}),
     localAddresses: addresses,
     ...(opts.keepaliveSeconds !== undefined ? { keepaliveSeconds: opts.keepaliveSeconds } : {}),
+    ...(opts.fragmentSize !== undefined ? { fragmentSize: opts.fragmentSize } : {}),
     version: opts.version ?? "",
   });
   transport.onReceive((l, r, d) => engine.receive(l, r, d));

@@ -34,6 +34,7 @@ STATE_DIR/enroll-token), or standalone from local files.
   --retransmit-timeout MS  first retransmission timeout (default 4000; backoff 1.8)
   --retransmit-tries N     retransmissions before giving up (default 5)
   --keepalive-seconds N    NAT-T keepalive interval when behind a NAT (default 20)
+  --fragment-size N        largest IKE message sent unfragmented to peers that support RFC 7383 (default 1232)
   --delete-on-exit         delete SAs (INFORMATIONAL delete) on SIGTERM; default keeps them
   --log-level LEVEL        debug, info, warn, error (default info, or $FLEETSWAN_LOG_LEVEL)
 
@@ -60,6 +61,7 @@ async function runAgent(argv: string[]): Promise<number> {
       "retransmit-tries": { type: "string" },
       "delete-on-exit": { type: "boolean" },
       "keepalive-seconds": { type: "string" },
+      "fragment-size": { type: "string" },
       "log-level": { type: "string" },
       gateway: { type: "string" },
       "state-dir": { type: "string" },
@@ -115,6 +117,7 @@ async function runAgent(argv: string[]): Promise<number> {
     ...(rt !== undefined || tries !== undefined ? { retransmit: { timeoutMs: rt ?? 4000, base: 1.8, tries: tries ?? 5 } } : {}),
     deleteOnStop: !!values["delete-on-exit"],
     ...(int("keepalive-seconds", values["keepalive-seconds"]) !== undefined ? { keepaliveSeconds: int("keepalive-seconds", values["keepalive-seconds"])! } : {}),
+    ...(int("fragment-size", values["fragment-size"]) !== undefined ? { fragmentSize: int("fragment-size", values["fragment-size"])! } : {}),
     log,
   });
   log.info("ikeagent running");

@@ -63,7 +63,7 @@ export interface Node {
 /** Fast retransmission for tests: 100 ms, 1.8, 3 tries. */
 export const FAST = { timeoutMs: 100, base: 1.8, tries: 3 };
 
-export function makeNode(net: FakeNet, address: string, spiBase: number, opts: { cookieThreshold?: number; random?: () => number } = {}): Node {
+export function makeNode(net: FakeNet, address: string, spiBase: number, opts: { cookieThreshold?: number; random?: () => number; fragmentSize?: number; retransmit?: typeof FAST } = {}): Node {
   const dp = new FakeDataplane(spiBase);
   const logs: string[] = [];
   const sink = new Writable({
@@ -76,8 +76,9 @@ export function makeNode(net: FakeNet, address: string, spiBase: number, opts: {
     dataplane: dp,
     transport: net.transportFor(address),
     log: createLogger(`ikeagent-${address}`, { level: process.env.TEST_LOG ? "debug" : "info", destination: process.env.TEST_LOG ? process.stderr : sink }),
-    retransmit: FAST,
+    retransmit: opts.retransmit ?? FAST,
     cookieThreshold: opts.cookieThreshold,
+    ...(opts.fragmentSize ? { fragmentSize: opts.fragmentSize } : {}),
     random: opts.random ?? (() => 0.5),
     localAddresses: () => [address],
   });

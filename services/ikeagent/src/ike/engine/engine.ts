@@ -52,6 +52,8 @@ export interface EngineOptions {
   cookieThreshold?: number;
   /** NAT-T keepalive interval in seconds (default 20). */
   keepaliveSeconds?: number;
+  /** Largest IKE message sent unfragmented once the peer supports RFC 7383 (default 1232, strongSwan's fragment_size is 1280 with IP/UDP). */
+  fragmentSize?: number;
   /** This host's addresses, for connections without a local address. */
   localAddresses?: () => string[];
   /** Random source in [0,1) for rekey jitter (tests fix it). */
@@ -108,6 +110,7 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     this.#tmHost = {
       log: this.log,
       retransmit: this.#retransmit,
+      ...(this.#opts.fragmentSize ? { maxDatagram: this.#opts.fragmentSize } : {}),
       send: (s, packet) => this.#send(s, packet),
       respond: (s, exchange, ps, msg) => this.#respond(s, exchange, ps, msg),
       onRetransmit: (_s, task) => this.metrics.retransmissions.inc({ exchange: nameOf(ExchangeType, task.exchange) }),

@@ -19,10 +19,22 @@
  *   send at 0 s, resend at 4, 11.2, 24.2, 47.5, 89.5 s, give up at 165.1 s.
  *
  * A task may set `deadlineMs` (DPD: the dpd_timeout) to give up earlier.
+ *
+ * Fragmentation (RFC 7383): once both ends announced IKEV2_FRAGMENTATION_SUPPORTED in
+ * IKE_SA_INIT (`fragmentation`), a protected message larger than the path limit
+ * (`maxDatagram`, the IKE message without IP/UDP headers) goes out as SKF fragments of the
+ * same message ID (§2.5), and they are resent together (§2.6.1). Incoming SKF fragments are
+ * integrity-checked one by one and reassembled (§2.6) before the message is processed; a
+ * retransmitted fragmented request is answered (with the cached response) on its first
+ * fragment only.
  */
 import type { Logger } from "@fleetswan/common";
 import {
+  DEFAULT_MAX_DATAGRAM,
   encodeMessage,
+  FragmentReassembler,
+  openFragment,
+  sealMaybeFragmented,
   ExchangeType,
   IkeDecodeError,
   IkeIntegrityError,
@@ -76,6 +88,8 @@ export interface TaskManagerHost {
   log: Logger;
   retransmit: RetransmitConfig;
   send(sa: IkeSa, packet: Buffer): void;
+  /** Largest IKE message before fragmenting (RFC 7383 §2.5.1; default DEFAULT_MAX_DATAGRAM). */
+  maxDatagram?: number;
   /** Responder side: process a request of the peer (dispatch by exchange and content). */
   respond(sa: IkeSa, exchange: number, payloads: Payload[], msg: DecodedMessage): Promise<Response | undefined>;
   /** A request of ours was retransmitted. */
@@ -85,7 +99,8 @@ export interface TaskManagerHost {
 interface Active {
   task: Task;
   mid: number;
-  packet: Buffer;
+  /** The request as sent: one datagram, or its SKF fragments (RFC 7383). */
+  packets: Buffer[];
   retransmits: number;
   timer?: NodeJS.Timeout;
   startedAt: number;
@@ -96,8 +111,12 @@ export class TaskManager {
   #active: Active | undefined;
   #myMid = 0;
   #peerMid = 0;
-  #lastResponse: { mid: number; packet: Buffer } | undefined;
+  #lastResponse: { mid: number; packets: Buffer[] } | undefined;
   #destroyed = false;
+  /** RFC 7383: both ends announced IKEV2_FRAGMENTATION_SUPPORTED (set by ike_init, inherited on IKE rekey). */
+  fragmentation = false;
+  #requestFragments = new FragmentReassembler();
+  #responseFragments = new FragmentReassembler();
 
   constructor(
     private readonly sa: IkeSa,
@@ -134,7 +153,7 @@ export class TaskManager {
     if (this.#destroyed || this.#active || this.#queue.length === 0) return;
     const task = this.#queue.shift()!;
     // Reserve the window before the async build so a second call cannot start another.
-    const active: Active = { task, mid: this.#myMid, packet: Buffer.alloc(0), retransmits: 0, startedAt: Date.now() };
+    const active: Active = { task, mid: this.#myMid, packets: [], retransmits: 0, startedAt: Date.now() };
     this.#active = active;
     await this.#buildAndSend(active);
   }
@@ -150,10 +169,10 @@ export class TaskManager {
       return;
     }
     if (this.#destroyed || this.#active !== active) return;
-    active.packet = this.#encode(active.task.exchange, active.mid, false, payloads);
+    active.packets = this.#encode(active.task.exchange, active.mid, false, payloads);
     active.retransmits = 0;
-    this.host.log.debug({ sa: this.sa.uniqueId, exchange: nameOf(ExchangeType, active.task.exchange), mid: active.mid, payloads: summarize(payloads) }, "sending request");
-    this.host.send(this.sa, active.packet);
+    this.host.log.debug({ sa: this.sa.uniqueId, exchange: nameOf(ExchangeType, active.task.exchange), mid: active.mid, payloads: summarize(payloads), ...(active.packets.length > 1 ? { fragments: active.packets.length } : {}) }, "sending request");
+    this.#sendAll(active.packets);
     this.#arm(active);
   }
 
@@ -174,7 +193,8 @@ export class TaskManager {
       active.retransmits++;
       this.host.onRetransmit(this.sa, active.task);
       this.host.log.debug({ sa: this.sa.uniqueId, mid: active.mid, n: active.retransmits }, "retransmitting request");
-      this.host.send(this.sa, active.packet);
+      // RFC 7383 §2.6.1: all fragments, as first sent.
+      this.#sendAll(active.packets);
       this.#arm(active);
     }, deadlineClip(timeout, active));
     active.timer.unref?.();
@@ -188,18 +208,25 @@ export class TaskManager {
     }
   }
 
-  /** Encodes (and for all but IKE_SA_INIT, seals) a message of this SA. */
-  #encode(exchange: number, mid: number, response: boolean, payloads: Payload[]): Buffer {
+  #sendAll(packets: Buffer[]): void {
+    for (const p of packets) this.host.send(this.sa, p);
+  }
+
+  /** Encodes (and for all but IKE_SA_INIT, seals) a message of this SA: one datagram, or SKF fragments (RFC 7383 §2.5). */
+  #encode(exchange: number, mid: number, response: boolean, payloads: Payload[]): Buffer[] {
     const header: IkeHeader = { spiI: this.sa.spiI, spiR: this.sa.spiR, exchangeType: exchange, messageId: mid, initiator: this.sa.initiator, response };
-    if (exchange === ExchangeType.IKE_SA_INIT) return encodeMessage(header, payloads);
+    if (exchange === ExchangeType.IKE_SA_INIT) return [encodeMessage(header, payloads)];
     if (!this.sa.keymat) throw new Error("no keys for a protected message");
-    return sealMessage(header, payloads, this.sa.keymat.out);
+    if (!this.fragmentation) return [sealMessage(header, payloads, this.sa.keymat.out)];
+    // On UDP 4500 the non-ESP marker takes 4 octets of the datagram (RFC 3948 §2.2).
+    const maxDatagram = (this.host.maxDatagram ?? DEFAULT_MAX_DATAGRAM) - (this.sa.natT ? 4 : 0);
+    return sealMaybeFragmented(header, payloads, this.sa.keymat.out, { fragmentation: true, maxDatagram });
   }
 
   /** The responder's IKE_SA_INIT response was sent outside (by the engine): account for it. */
   initResponded(packet: Buffer): void {
     this.#peerMid = 1;
-    this.#lastResponse = { mid: 0, packet };
+    this.#lastResponse = { mid: 0, packets: [packet] };
   }
 
   /** The IKE_SA_INIT exchange of the initiator completed (ike_init done): message ID 1 next. */
@@ -215,10 +242,31 @@ export class TaskManager {
     else await this.#handleRequest(msg);
   }
 
+  /**
+   * Verifies and decrypts a protected message; undefined = nothing to process (integrity
+   * failure, or a fragment of a message still incomplete).
+   */
   #open(msg: DecodedMessage): Payload[] | undefined {
     if (msg.header.exchangeType === ExchangeType.IKE_SA_INIT) return msg.payloads;
     if (!this.sa.keymat) return undefined;
     try {
+      if (msg.encrypted?.type === PayloadType.SKF) {
+        // RFC 7383 §2.6: each fragment is verified on its own, then reassembled. Fragments
+        // are accepted only when we announced support (ike_init sets `fragmentation`).
+        if (!this.fragmentation) {
+          this.host.log.info({ sa: this.sa.uniqueId, mid: msg.header.messageId }, "dropping an IKE fragment: fragmentation was not negotiated");
+          return undefined;
+        }
+        const f = openFragment(msg, this.sa.keymat.in);
+        const r = (msg.header.response ? this.#responseFragments : this.#requestFragments).add(msg.header.messageId, f);
+        if (r.status === "discarded") this.host.log.info({ sa: this.sa.uniqueId, mid: msg.header.messageId, reason: r.reason }, "discarding IKE fragment");
+        if (r.status !== "complete") {
+          if (r.status === "incomplete") this.host.log.debug({ sa: this.sa.uniqueId, mid: msg.header.messageId, received: r.received, total: r.total }, "IKE fragment received");
+          return undefined;
+        }
+        this.host.log.debug({ sa: this.sa.uniqueId, mid: msg.header.messageId, fragments: f.totalFragments, bytes: r.plaintext.length }, "IKE message reassembled from fragments");
+        return [...msg.payloads.slice(0, -1), ...r.payloads];
+      }
       return openMessage(msg, this.sa.keymat.in);
     } catch (err) {
       if (err instanceof IkeIntegrityError) {
@@ -274,8 +322,10 @@ export class TaskManager {
     const mid = msg.header.messageId;
     if (this.#lastResponse && mid === this.#lastResponse.mid) {
       // §2.1: a retransmitted request: send the same response again, do not process.
+      // RFC 7383 §2.6.1: for a fragmented request, once (on its first fragment).
+      if (msg.encrypted?.type === PayloadType.SKF && msg.encrypted.fragmentNumber !== 1) return;
       this.host.log.debug({ sa: this.sa.uniqueId, mid }, "retransmitting cached response");
-      this.host.send(this.sa, this.#lastResponse.packet);
+      this.#sendAll(this.#lastResponse.packets);
       return;
     }
     if (mid !== this.#peerMid) {
@@ -299,11 +349,11 @@ export class TaskManager {
       }
     }
     if (!response || this.#destroyed && !response.after) return;
-    const packet = this.#encode(msg.header.exchangeType, mid, true, response.payloads);
-    this.#lastResponse = { mid, packet };
+    const packets = this.#encode(msg.header.exchangeType, mid, true, response.payloads);
+    this.#lastResponse = { mid, packets };
     this.#peerMid = mid + 1;
-    this.host.log.debug({ sa: this.sa.uniqueId, exchange: nameOf(ExchangeType, msg.header.exchangeType), mid, payloads: summarize(response.payloads) }, "sending response");
-    this.host.send(this.sa, packet);
+    this.host.log.debug({ sa: this.sa.uniqueId, exchange: nameOf(ExchangeType, msg.header.exchangeType), mid, payloads: summarize(response.payloads), ...(packets.length > 1 ? { fragments: packets.length } : {}) }, "sending response");
+    this.#sendAll(packets);
     if (response.after) await response.after();
   }
 

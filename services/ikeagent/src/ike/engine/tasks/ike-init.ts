@@ -90,6 +90,7 @@ export class IkeInit implements Task {
     out.push({ type: PayloadType.NONCE, nonce: sa.ni });
     out.push(...natdPayloads(sa, ZERO_SPI, this.conn.def.forceEncap));
     out.push(notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, encodeSignatureHashAlgorithms(LOCAL_SIGNATURE_HASHES)));
+    out.push(notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)); // RFC 7383 §2.3
     // The request as sent is RealMessage1 of the initiator's AUTH (§2.15).
     sa.initRequest = encodeMessage({ spiI: sa.spiI, spiR: ZERO_SPI, exchangeType: this.exchange, messageId: 0, initiator: true, response: false }, out);
     return out;
@@ -141,6 +142,8 @@ export class IkeInit implements Task {
     sa.ke = undefined;
     const sig = findNotify(ps, NotifyType.SIGNATURE_HASH_ALGORITHMS);
     if (sig) sa.peerHashes = decodeSignatureHashAlgorithms(sig.data);
+    // RFC 7383 §2.3: both ends announced it: IKE_AUTH and later may be fragmented.
+    sa.tm.fragmentation = !!findNotify(ps, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED);
     const natd = processNatd(sa, ps, sa.spiR);
     // §2.23: with a NAT (or forced encapsulation) move to UDP 4500 from IKE_AUTH on.
     if (natd && (sa.natLocal || sa.natRemote || this.conn.def.forceEncap)) {
@@ -258,6 +261,11 @@ export function respondIkeInit(core: EngineCore & { cookieRequired(): boolean },
     out.push({ type: PayloadType.CERTREQ, encoding: CertEncoding.X509_SIGNATURE, data: Buffer.concat(hashes) });
   }
   if (sig) out.push(notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, encodeSignatureHashAlgorithms(LOCAL_SIGNATURE_HASHES)));
+  // RFC 7383 §2.3: answer the initiator's IKEV2_FRAGMENTATION_SUPPORTED with ours.
+  if (findNotify(ps, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)) {
+    out.push(notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED));
+    sa.tm.fragmentation = true;
+  }
   const packet = encodeMessage({ spiI: sa.spiI, spiR: sa.spiR, exchangeType: ExchangeType.IKE_SA_INIT, messageId: 0, initiator: false, response: true }, out);
   sa.initResponse = packet;
   sa.tm.initResponded(packet);

@@ -37,6 +37,7 @@ function inherit(from: IkeSa, to: IkeSa): void {
   to.remoteIdText = from.remoteIdText;
   to.localIdText = from.localIdText;
   to.peerHashes = from.peerHashes;
+  to.tm.fragmentation = from.tm.fragmentation; // RFC 7383 §2.3: negotiated once per IKE SA chain
 }
 function moveChildren(from: IkeSa, to: IkeSa): void {
   for (const [id, c] of from.children) to.children.set(id, c);

@@ -114,6 +114,20 @@ export interface ListSecretsResponse {
   secrets: SecretInfo[];
 }
 
+export interface DeleteSecretRequest {
+  name: string;
+}
+
+export interface DeleteSecretResponse {
+  error:
+    | KeymgrError
+    | undefined;
+  /** False when no such secret existed (nothing to do). */
+  deleted: boolean;
+  /** Sealed blobs removed from fleet-secrets. */
+  blobsDeleted: number;
+}
+
 function createBaseKeymgrError(): KeymgrError {
   return { code: "", message: "" };
 }
@@ -1262,6 +1276,180 @@ export const ListSecretsResponse: MessageFns<ListSecretsResponse> = {
   },
 };
 
+function createBaseDeleteSecretRequest(): DeleteSecretRequest {
+  return { name: "" };
+}
+
+export const DeleteSecretRequest: MessageFns<DeleteSecretRequest> = {
+  encode(message: DeleteSecretRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteSecretRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteSecretRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteSecretRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: DeleteSecretRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteSecretRequest>, I>>(base?: I): DeleteSecretRequest {
+    return DeleteSecretRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteSecretRequest>, I>>(object: I): DeleteSecretRequest {
+    const message = createBaseDeleteSecretRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteSecretResponse(): DeleteSecretResponse {
+  return { error: undefined, deleted: false, blobsDeleted: 0 };
+}
+
+export const DeleteSecretResponse: MessageFns<DeleteSecretResponse> = {
+  encode(message: DeleteSecretResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.error !== undefined) {
+      KeymgrError.encode(message.error, writer.uint32(10).fork()).join();
+    }
+    if (message.deleted !== false) {
+      writer.uint32(16).bool(message.deleted);
+    }
+    if (message.blobsDeleted !== 0) {
+      writer.uint32(24).uint32(message.blobsDeleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteSecretResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteSecretResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.error = KeymgrError.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.deleted = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.blobsDeleted = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteSecretResponse {
+    return {
+      error: isSet(object.error) ? KeymgrError.fromJSON(object.error) : undefined,
+      deleted: isSet(object.deleted) ? globalThis.Boolean(object.deleted) : false,
+      blobsDeleted: isSet(object.blobsDeleted)
+        ? globalThis.Number(object.blobsDeleted)
+        : isSet(object.blobs_deleted)
+        ? globalThis.Number(object.blobs_deleted)
+        : 0,
+    };
+  },
+
+  toJSON(message: DeleteSecretResponse): unknown {
+    const obj: any = {};
+    if (message.error !== undefined) {
+      obj.error = KeymgrError.toJSON(message.error);
+    }
+    if (message.deleted !== false) {
+      obj.deleted = message.deleted;
+    }
+    if (message.blobsDeleted !== 0) {
+      obj.blobsDeleted = Math.round(message.blobsDeleted);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteSecretResponse>, I>>(base?: I): DeleteSecretResponse {
+    return DeleteSecretResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteSecretResponse>, I>>(object: I): DeleteSecretResponse {
+    const message = createBaseDeleteSecretResponse();
+    message.error = (object.error !== undefined && object.error !== null)
+      ? KeymgrError.fromPartial(object.error)
+      : undefined;
+    message.deleted = object.deleted ?? false;
+    message.blobsDeleted = object.blobsDeleted ?? 0;
+    return message;
+  },
+};
+
 export type KeyManagerService = typeof KeyManagerService;
 export const KeyManagerService = {
   /** Store an operator-provided secret (e.g. a PSK shared with an external peer). */
@@ -1328,6 +1516,20 @@ export const KeyManagerService = {
     responseSerialize: (value: ListSecretsResponse): Buffer => Buffer.from(ListSecretsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListSecretsResponse => ListSecretsResponse.decode(value),
   },
+  /**
+   * Remove a secret: its record and every sealed blob of it (the agents drop theirs).
+   * Idempotent (deleted = false when there was no such secret). Not for the fleet CA.
+   */
+  deleteSecret: {
+    path: "/fleetswan.keymgr.v1.KeyManager/DeleteSecret" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteSecretRequest): Buffer => Buffer.from(DeleteSecretRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteSecretRequest => DeleteSecretRequest.decode(value),
+    responseSerialize: (value: DeleteSecretResponse): Buffer =>
+      Buffer.from(DeleteSecretResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteSecretResponse => DeleteSecretResponse.decode(value),
+  },
 } as const;
 
 export interface KeyManagerServer extends UntypedServiceImplementation {
@@ -1343,6 +1545,11 @@ export interface KeyManagerServer extends UntypedServiceImplementation {
   issueCertificate: handleUnaryCall<IssueCertificateRequest, IssueCertificateResponse>;
   /** Metadata of all secrets (never values). */
   listSecrets: handleUnaryCall<ListSecretsRequest, ListSecretsResponse>;
+  /**
+   * Remove a secret: its record and every sealed blob of it (the agents drop theirs).
+   * Idempotent (deleted = false when there was no such secret). Not for the fleet CA.
+   */
+  deleteSecret: handleUnaryCall<DeleteSecretRequest, DeleteSecretResponse>;
 }
 
 export interface KeyManagerClient extends Client {
@@ -1441,6 +1648,25 @@ export interface KeyManagerClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListSecretsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Remove a secret: its record and every sealed blob of it (the agents drop theirs).
+   * Idempotent (deleted = false when there was no such secret). Not for the fleet CA.
+   */
+  deleteSecret(
+    request: DeleteSecretRequest,
+    callback: (error: ServiceError | null, response: DeleteSecretResponse) => void,
+  ): ClientUnaryCall;
+  deleteSecret(
+    request: DeleteSecretRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteSecretResponse) => void,
+  ): ClientUnaryCall;
+  deleteSecret(
+    request: DeleteSecretRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteSecretResponse) => void,
   ): ClientUnaryCall;
 }
 
