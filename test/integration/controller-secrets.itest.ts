@@ -2,7 +2,8 @@
  * The controller's secrets as a reconcile, against a real nats-server and keymgr:
  * PSKs of connections applied while keymgr was down appear once keymgr starts (no
  * re-apply), sealed to both ends; removed connections leave orphaned secrets that are
- * counted (keymgr has no delete method); pubkey connections get certificates from the
+ * counted and deleted from keymgr after a grace period (a rollback in time cancels);
+ * pubkey connections get certificates from the
  * fleet CA in their views, renewed before expiry.
  */
 import { test } from "node:test";
@@ -12,7 +13,7 @@ import { connect, type NatsConnection } from "nats";
 import { createLogger, createRegistry, type Registry } from "@fleetswan/common";
 import { fleet } from "@fleetswan/proto";
 import { Controller, ControllerClient, BUCKET } from "@fleetswan/controller";
-import { KeyManager, MasterKeyring, parseMasterKey } from "@fleetswan/keymgr";
+import { KeyManager, MasterKeyring, generateX25519, keyId, parseMasterKey } from "@fleetswan/keymgr";
 import { startNats, waitFor, needExecutable, skipReason, NATS_SERVER, type NatsServer } from "../harness/index.js";
 
 const log = createLogger("itest", { level: process.env.FLEETSWAN_TEST_LOG ?? "silent" });
@@ -103,7 +104,7 @@ test("controller secrets: applied while keymgr is down, generated and assigned t
   await Promise.all([env.ctl.reconcileSecrets(), env.ctl.reconcileSecrets()]);
   assert.deepEqual(km.listSecrets().secrets.filter((x) => x.name.startsWith("psk.")).map((s) => s.version), versions);
 
-  // removing a connection: its secret stays in keymgr (no delete method) and is counted as orphaned
+  // removing a connection: its secret stays in keymgr (within the 24 h grace period) and is counted as orphaned
   const r2 = await env.client.apply({ specYaml: MESH.replace("mesh: [gw-a, gw-b, gw-c]", "mesh: [gw-a, gw-b]"), sourceName: "fleet.yaml", baseRevision: r.revision });
   assert.equal(r2.error, undefined);
   await env.ctl.reconcileSecrets();
@@ -115,6 +116,43 @@ test("controller secrets: applied while keymgr is down, generated and assigned t
   await env.ctl.reconcileSecrets();
   assert.equal(await metric(env.registry, "fleetswan_controller_secrets_orphaned"), 0);
   assert.deepEqual(km.listSecrets().secrets.filter((x) => x.name.startsWith("psk.")).map((s) => s.version), versions);
+});
+
+test("controller secrets: orphaned secrets are deleted from keymgr (record and blobs) after the grace period; a rollback in time cancels", { timeout: 60_000 }, async (t) => {
+  const env = await setup(t, { orphanGraceMs: 1500, secretReconcileIntervalMs: 200 });
+  if (!env) return;
+  const km = await env.startKeymgr();
+  // Enrolled agents (their public keys), so that keymgr seals blobs to them.
+  const agents = await env.nc.jetstream().views.kv("fleet-agents");
+  for (const gw of ["gw-a", "gw-b", "gw-c"]) {
+    const k = generateX25519();
+    await agents.put(gw, Buffer.from(JSON.stringify({ gateway: gw, publicKey: k.publicRaw.toString("base64"), keyId: keyId(k.publicRaw), enrolledAt: new Date().toISOString() })));
+  }
+  const r = await env.client.apply({ specYaml: MESH, sourceName: "fleet.yaml", baseRevision: 0n });
+  assert.equal(r.error, undefined);
+  await waitFor("three PSKs", async () => km.listSecrets().secrets.filter((s) => s.name.startsWith("psk.")).length === 3 && env.ctl.secretsPending === 0);
+  const orphans = await env.nc.jetstream().views.kv(BUCKET.orphans);
+
+  // Remove gw-c's connections, then bring gw-a--gw-c back within the grace period.
+  const r2 = await env.client.apply({ specYaml: MESH.replace("mesh: [gw-a, gw-b, gw-c]", "mesh: [gw-a, gw-b]"), sourceName: "fleet.yaml", baseRevision: r.revision });
+  await env.ctl.reconcileSecrets();
+  assert.equal(await metric(env.registry, "fleetswan_controller_secrets_orphaned"), 2);
+  assert.ok((await orphans.get("psk.gw-a--gw-c"))?.operation === "PUT", "orphan recorded");
+  const back = MESH.replace("mesh: [gw-a, gw-b, gw-c]", "mesh: [gw-a, gw-b]\n  - { name: gw-a--gw-c, gateways: [gw-a, gw-c] }");
+  const r3 = await env.client.apply({ specYaml: back, sourceName: "fleet.yaml", baseRevision: r2.revision });
+  assert.equal(r3.error, undefined, r3.error?.message);
+  await env.ctl.reconcileSecrets();
+  assert.notEqual((await orphans.get("psk.gw-a--gw-c"))?.operation, "PUT", "deletion cancelled");
+
+  // Past the grace period: psk.gw-b--gw-c is gone from keymgr, with its sealed blobs; gw-a--gw-c kept.
+  await waitFor("orphan deleted", async () => !km.listSecrets().secrets.some((s) => s.name === "psk.gw-b--gw-c"), { timeoutMs: 15_000 });
+  assert.ok(km.listSecrets().secrets.some((s) => s.name === "psk.gw-a--gw-c"), "the secret used again is kept");
+  const blobs = await env.nc.jetstream().views.kv("fleet-secrets");
+  assert.equal((await blobs.get("gw-c.psk.gw-a--gw-c"))?.operation, "PUT");
+  for (const gw of ["gw-b", "gw-c"]) assert.notEqual((await blobs.get(`${gw}.psk.gw-b--gw-c`))?.operation, "PUT", `blob of ${gw} deleted`);
+  await waitFor("orphan count 0", async () => (await metric(env.registry, "fleetswan_controller_secrets_orphaned")) === 0);
+  assert.equal(await metric(env.registry, "fleetswan_controller_secrets_deleted_total"), 1);
+  assert.notEqual((await orphans.get("psk.gw-b--gw-c"))?.operation, "PUT");
 });
 
 const PUBKEY = `gateways:

@@ -304,19 +304,24 @@ would check it; problems go to stderr (exit 1).`,
 const controllerCmd: CliCommand = {
   name: "controller",
   summary: "Run the controller service (spec revisions, views, fleet status, commands)",
-  usage: `usage: fleetswan controller [--metrics-port N] [--replicas N]
+  usage: `usage: fleetswan controller [--metrics-port N] [--replicas N] [--orphan-grace-seconds N]
 
 Stateless: run as many replicas as you like against one NATS (cluster).
 --metrics-port N   /metrics, /healthz, /readyz (default ${METRICS_PORT.controller})
 --replicas N       KV replicas of the buckets it creates (default 1; 3 in a NATS cluster)
+--orphan-grace-seconds N
+                   delete a secret the spec no longer uses from keymgr this long after it
+                   became unused (default 86400; a revision that uses it again cancels)
 ${NATS_USAGE}`,
   async run(argv) {
-    const { values, positionals } = parse(argv, { "metrics-port": { type: "string" }, replicas: { type: "string" } });
+    const { values, positionals } = parse(argv, { "metrics-port": { type: "string" }, replicas: { type: "string" }, "orphan-grace-seconds": { type: "string" } });
     if (positionals.length) throw new UsageError("unexpected arguments");
+    const grace = values["orphan-grace-seconds"];
+    if (grace !== undefined && !/^\d+$/.test(grace)) throw new UsageError(`--orphan-grace-seconds: "${grace}" is not a number of seconds`);
     const log = createLogger("controller");
     const registry = createRegistry("controller");
     const nc = await connectNats(natsOptionsFromCli(values, "fleetswan-controller", { retryForever: true }));
-    const ctl = new Controller({ nc, log, registry, replicas: values.replicas ? Number(values.replicas) : 1 });
+    const ctl = new Controller({ nc, log, registry, replicas: values.replicas ? Number(values.replicas) : 1, ...(grace !== undefined ? { orphanGraceMs: Number(grace) * 1000 } : {}) });
     await ctl.start();
     const metrics = await startMetricsServer({
       registry,

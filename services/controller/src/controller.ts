@@ -37,6 +37,12 @@ export interface ControllerOptions {
    * certificate it puts into views).
    */
   certRenewFraction?: number;
+  /**
+   * Secrets the spec no longer uses (psk.<connection>, cert.<gateway>) are deleted from
+   * keymgr (record and sealed blobs) this long after a pass first found them orphaned
+   * (default 24 h); a revision that uses one again before then cancels its deletion.
+   */
+  orphanGraceMs?: number;
   now?: () => Date;
 }
 
@@ -74,6 +80,9 @@ function viewRevisionOf(c: { value: Uint8Array; viewRevision?: bigint }): bigint
 
 const compiledKey = (yaml: string, resolved: Record<string, string[]>): string => createHash("sha256").update(yaml).update("\0").update(JSON.stringify(resolved)).digest("hex");
 
+/** Value of fleet-orphans/<secret>: when a pass first found the secret unused. */
+interface OrphanRecord { secret: string; since: string; revision: number }
+
 interface EventRecord { [connection: string]: { code: string; message: string; kind: string; time: string } }
 
 /**
@@ -90,6 +99,7 @@ export class Controller {
   #events!: KV;
   #enroll!: KV;
   #certs!: KV;
+  #orphans!: KV;
   readonly #certCache = new Map<string, { rec: CertRecord; revision: number }>();
   /** Something outside the spec that views contain (certificates) changed: re-render. */
   #viewsDirty = false;
@@ -121,6 +131,7 @@ export class Controller {
     secretReconciles: Counter<"outcome">;
     secretsPending: Gauge;
     secretsOrphaned: Gauge;
+    secretsDeleted: Counter;
   };
 
   constructor(opts: ControllerOptions) {
@@ -133,6 +144,7 @@ export class Controller {
       secretReconcileIntervalMs: 30_000,
       certValidDays: 90,
       certRenewFraction: 0.5,
+      orphanGraceMs: 86_400_000,
       now: () => new Date(),
       ...opts,
     };
@@ -143,7 +155,8 @@ export class Controller {
       viewWrites: new Counter({ name: "fleetswan_controller_view_writes_total", help: "Gateway view writes by result (written, unchanged, deleted, superseded).", labelNames: ["result"], registers }),
       secretReconciles: new Counter({ name: "fleetswan_controller_secret_reconciles_total", help: "Passes that made sure keymgr holds every secret of the spec, by outcome (ok, pending, keymgr_unavailable, cached).", labelNames: ["outcome"], registers }),
       secretsPending: new Gauge({ name: "fleetswan_controller_secrets_pending", help: "Secrets the current spec needs that keymgr does not hold (or not for both ends) as of the last pass.", registers }),
-      secretsOrphaned: new Gauge({ name: "fleetswan_controller_secrets_orphaned", help: "Secrets keymgr holds (psk.*, cert.*) that the current spec no longer uses (keymgr has no delete method yet).", registers }),
+      secretsOrphaned: new Gauge({ name: "fleetswan_controller_secrets_orphaned", help: "Secrets keymgr holds (psk.*, cert.*) that the current spec no longer uses (deleted after the grace period).", registers }),
+      secretsDeleted: new Counter({ name: "fleetswan_controller_secrets_deleted_total", help: "Orphaned secrets deleted from keymgr after the grace period.", registers }),
     };
     const self = this;
     new Gauge({
@@ -189,6 +202,7 @@ export class Controller {
     this.#events = await js.views.kv(BUCKET.events, { history: 1, replicas: r });
     this.#enroll = await js.views.kv(BUCKET.enroll, { history: 1, replicas: r });
     this.#certs = await js.views.kv(BUCKET.certs, { history: 2, replicas: r });
+    this.#orphans = await js.views.kv(BUCKET.orphans, { history: 1, replicas: r });
     let certsInitialised = false;
     await this.#watchInto(this.#certs, (e) => {
       const before = this.#certCache.get(e.key)?.rec.certificatePem;
@@ -488,18 +502,19 @@ export class Controller {
       const certs = await this.#reconcileCerts(cur.fleet, new Map(list.secrets.map((i) => [i.name, i.version])));
       warnings.push(...certs.warnings);
       for (let i = 0; i < certs.pending; i++) pending.push("cert");
-      // Secrets of connections (and certificates of gateways) no longer in the spec.
-      // keymgr's API has no delete method: they are counted and reported, not removed
-      // (docs/nats-layout.md "Secrets of removed connections").
+      // Secrets of connections (and certificates of gateways) no longer in the spec:
+      // deleted from keymgr after the grace period (docs/nats-layout.md "Secrets of
+      // removed connections"), so an in-flight rollback keeps its PSK.
       const usedCerts = new Set(this.#certGateways(cur.fleet).map((g) => `cert.${g}`));
       const orphans = list.secrets.map((i) => i.name).filter((n) => (n.startsWith("psk.") && !wanted.has(n)) || (n.startsWith("cert.") && !usedCerts.has(n)));
       this.#m.secretsOrphaned.set(orphans.length);
       for (const n of orphans) {
         if (this.#orphansLogged.has(n)) continue;
         this.#orphansLogged.add(n);
-        this.#o.log.info({ secret: n }, "secret no longer used by the spec; kept in keymgr (no delete method; a rollback re-apply reuses it)");
+        this.#o.log.info({ secret: n, graceSeconds: this.#o.orphanGraceMs / 1000 }, "secret no longer used by the spec; deleted after the grace period unless a revision uses it again");
       }
       for (const n of [...this.#orphansLogged]) if (!orphans.includes(n)) this.#orphansLogged.delete(n);
+      warnings.push(...(await this.#collectOrphans(orphans, cur.revision)));
       this.#setPending(pending.length);
       this.#m.secretReconciles.inc({ outcome: pending.length ? "pending" : "ok" });
       return warnings;
@@ -509,6 +524,61 @@ export class Controller {
     this.#secretsRun = next;
     void next.finally(() => { if (this.#secretsRun === next) this.#secretsRun = undefined; }).catch(() => undefined);
     return next;
+  }
+
+  /**
+   * Orphaned secrets: fleet-orphans/<secret> records when a pass first saw each one
+   * (create = compare-and-set, so replicas agree on the time). An entry whose secret is
+   * used again (or is gone) is removed: that cancels the deletion. Past the grace period
+   * the secret is deleted through keymgr's DeleteSecret, but only by a replica whose
+   * spec revision is the stored one (a replica that has not seen the newest revision
+   * must not delete what it might use).
+   */
+  async #collectOrphans(orphans: string[], revision: number): Promise<string[]> {
+    const warnings: string[] = [];
+    const now = this.#o.now().getTime();
+    const orphaned = new Set(orphans);
+    const entries = new Map<string, { since: number; kvRevision: number }>();
+    try {
+      for await (const k of await this.#orphans.keys()) {
+        const e = await this.#orphans.get(k);
+        if (e?.operation === "PUT") entries.set(k, { since: Date.parse(e.json<OrphanRecord>().since), kvRevision: e.revision });
+      }
+    } catch (e) {
+      this.#o.log.warn({ err: (e as Error).message }, "cannot read fleet-orphans; orphaned secrets are kept this pass");
+      return warnings;
+    }
+    for (const [name, e] of entries) {
+      if (orphaned.has(name)) continue;
+      await this.#orphans.delete(name, { previousSeq: e.kvRevision }).catch(() => undefined);
+      this.#o.log.info({ secret: name }, "secret is used again (or gone): its deletion is cancelled");
+    }
+    let upToDate: boolean | undefined;
+    for (const name of orphans) {
+      const e = entries.get(name);
+      if (!e) {
+        const rec: OrphanRecord = { secret: name, since: new Date(now).toISOString(), revision };
+        await this.#orphans.create(name, enc.encode(JSON.stringify(rec))).catch(() => undefined); // another replica was first
+        continue;
+      }
+      if (e.since + this.#o.orphanGraceMs > now) continue;
+      upToDate ??= (await this.#currentRecord()).revision === revision;
+      if (!upToDate) break;
+      try {
+        const res = await this.#keymgr("DeleteSecret", keymgr.DeleteSecretRequest.encode({ name }).finish(), (b) => keymgr.DeleteSecretResponse.decode(b));
+        if (res.error?.code) {
+          warnings.push(`keymgr: deleting orphaned secret ${name}: ${res.error.code}: ${res.error.message}`);
+          continue;
+        }
+        await this.#orphans.delete(name, { previousSeq: e.kvRevision }).catch(() => undefined);
+        this.#m.secretsDeleted.inc();
+        this.#o.log.info({ secret: name, orphanedSince: new Date(e.since).toISOString(), blobs: res.blobsDeleted }, "orphaned secret deleted after the grace period");
+      } catch (err) {
+        this.#o.log.warn({ secret: name, err: (err as Error).message }, "orphaned secret not deleted yet (keymgr unavailable); retried next pass");
+        break;
+      }
+    }
+    return warnings;
   }
 
   #setPending(n: number): void {

@@ -17,6 +17,8 @@ export const BUCKET = {
   enroll: "fleet-enroll",
   /** Key "<gateway>": JSON CertRecord, the gateway certificate the controller got from keymgr. */
   certs: "fleet-certs",
+  /** Key "<secret name>": JSON {secret, since, revision}, when the spec stopped using a keymgr secret (deleted after the grace period). */
+  orphans: "fleet-orphans",
 } as const;
 
 export const SPEC_KEY = "spec";
