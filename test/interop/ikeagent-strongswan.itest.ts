@@ -276,6 +276,31 @@ test('traffic: ping through the tunnel both ways, ESP-in-UDP on the wire and no 
   });
 });
 
+test('auto=route (start_action: route): traffic from the site hits the trap, the acquire brings the tunnel up, pings get through, no cleartext leaves', { skip: trafficSkip ?? false }, async () => {
+  await withEnv(agentYaml({ startAction: 'route' }), charonConf(), async (env) => {
+    // Routed, nothing negotiated yet.
+    await waitFor('connection routed', async () => /^net: route, routed, 0 IKE SA/m.test((await env.agent.ctl(['conns'])).stdout) ? true : undefined, { timeoutMs: 10000, intervalMs: 200 });
+    assert.equal((await env.agent.status()).length, 0, 'no IKE SA before traffic');
+    assert.equal((await env.charon.listSas()).length, 0);
+    const cap = await startCapture(env.net.nsOf('gwa'), 'veth0', {});
+    // The FAQ: the first packets are lost while the tunnel comes up, the rest go through.
+    const p = await env.net.exec('gwb', ['ping', '-c', '20', '-i', '0.5', '-W', '2', '-I', '10.2.0.1', '10.1.0.1'], { allowFail: true, timeoutMs: 60000 });
+    const received = Number(/(\d+) received/.exec(p.stdout)?.[1] ?? 0);
+    await cap.stop();
+    const { ours, theirs } = await assertAgree(env);
+    assert.equal(ours.initiator, true, 'the acquire made us initiate');
+    assert.ok(!theirs.initiator);
+    assert.ok(received >= 10, `pings through the tunnel once it is up: ${p.stdout.split('\n').slice(-3).join(' ')}`);
+    assert.ok(logMessages(env.agent).some((l) => l.includes('acquire: traffic hit the trap policy, initiating')));
+    const s = await ipsecSummary(cap.file);
+    assert.ok(s.espInUdp >= 2 * received - 2, `ESP-in-UDP on the wire: ${JSON.stringify(s)}`);
+    assert.equal(await countPackets(cap.file, 'icmp'), 0, 'no cleartext ICMP ever left, not even before the tunnel was up');
+    // A second ping: no loss now.
+    const again = await env.net.exec('gwb', ['ping', '-c', '5', '-i', '0.2', '-W', '2', '-I', '10.2.0.1', '10.1.0.1'], { allowFail: true });
+    assert.equal(again.code, 0, again.stdout);
+  });
+});
+
 // ------------------------------------------------------------ certificates --
 
 for (const kind of ['ecdsa-p256', 'ed25519', 'rsa-3072'] as const) {
