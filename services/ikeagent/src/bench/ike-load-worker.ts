@@ -9,8 +9,9 @@
  * (§2.14), AUTH (§2.15) over our IKE_SA_INIT request, one AES-GCM seal and one open, and
  * the check of the responder's AUTH (so a responder that skips work is caught).
  */
-import { createSocket, type RemoteInfo } from "node:dgram";
-import { createPublicKey, diffieHellman, generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
+import { createSocket } from "node:dgram";
+import { randomBytes } from "node:crypto";
+import { createKeyExchange, type KeyExchange } from "../ike/crypto/dh.js";
 import { parentPort, workerData } from "node:worker_threads";
 import { deriveIkeKeys, prf, skeyseed } from "../ike/crypto/prf.js";
 import { ikeSaCiphers } from "../ike/crypto/sk.js";
@@ -70,15 +71,13 @@ export interface WorkerResult {
   endedAt: number;
 }
 
-const X25519_SPKI_PREFIX = Buffer.from("302a300506032b656e032100", "hex");
 const ZERO_SPI = Buffer.alloc(8);
 
 interface Hs {
   n: number;
   spiI: Buffer;
   key: string;
-  priv: KeyObject;
-  pub: Buffer;
+  kex: KeyExchange;
   ni: Buffer;
   spiR: Buffer;
   init?: Buffer;
@@ -97,10 +96,23 @@ interface Hs {
   cookie?: Buffer;
 }
 
-function run(p: WorkerParams): void {
+/** What the lean initiator needs around it: a way to send, and to report. */
+export interface InitiatorIo {
+  send(packet: Buffer): void;
+  /** Our address and port as the responder sees them (for NAT-D). */
+  local(): { address: string; port: number };
+  /** All handshakes finished (done + failed = count). */
+  finished(r: WorkerResult): void;
+}
+
+/**
+ * The lean initiator without its socket: `start()` sends the first `concurrency` IKE_SA_INIT
+ * requests, `receive(datagram)` handles a response. Also used in-process by
+ * bench/ike/engine-profile.mjs to profile the responder engine without UDP.
+ */
+export function createInitiator(p: WorkerParams, io: InitiatorIo): { start(): void; receive(raw: Buffer): void } {
   const ikeProposals = parseProposals(p.ike, "ike");
   const group = ikeProposals[0]!.transforms.find((t) => t.type === 4)!.id;
-  if (group !== 31) throw new Error("the load generator does curve25519 (group 31) only");
   const espProposals = parseProposals(p.esp, "esp");
   const pskPad = (prfId: number) => prf(prfId, Buffer.from(p.psk), KEY_PAD);
   const padCache = new Map<number, Buffer>();
@@ -108,7 +120,6 @@ function run(p: WorkerParams): void {
   const tsr: TsPayload = { type: PayloadType.TSr, selectors: p.tsr.split(",").map((s) => toWire(parseTs(s))) };
   const fixedId = p.id.includes("%d") ? undefined : parseIdentity(p.id);
 
-  const sock = createSocket({ type: p.host.includes(":") ? "udp6" : "udp4" });
   const inflight = new Map<string, Hs>();
   const latencies = new Float64Array(p.count);
   const errors: Record<string, number> = {};
@@ -117,14 +128,10 @@ function run(p: WorkerParams): void {
   let failed = 0;
   let retransmits = 0;
   let startedAt = 0;
-  let localAddr = "";
-  let localPort = 0;
 
   const finish = (): void => {
     if (done + failed < p.count) return;
-    sock.close();
-    const res: WorkerResult = { index: p.index, done, failed, retransmits, errors, latencies: latencies.slice(0, done), startedAt, endedAt: performance.timeOrigin + performance.now() };
-    parentPort!.postMessage({ kind: "result", result: res }, [res.latencies.buffer as ArrayBuffer]);
+    io.finished({ index: p.index, done, failed, retransmits, errors, latencies: latencies.slice(0, done), startedAt, endedAt: performance.timeOrigin + performance.now() });
   };
 
   const fail = (hs: Hs, why: string): void => {
@@ -138,7 +145,7 @@ function run(p: WorkerParams): void {
 
   const send = (hs: Hs): void => {
     hs.sentAt = performance.now();
-    sock.send(hs.packet);
+    io.send(hs.packet);
     if (hs.timer) clearTimeout(hs.timer);
     hs.timer = setTimeout(() => {
       if (++hs.tries > p.tries) return fail(hs, hs.stage === 0 ? "IKE_SA_INIT timeout" : "IKE_AUTH timeout");
@@ -151,9 +158,10 @@ function run(p: WorkerParams): void {
     const out: Payload[] = [];
     if (hs.cookie) out.push(notify(NotifyType.COOKIE, hs.cookie));
     out.push({ type: PayloadType.SA, proposals: ikeProposals } as SaPayload);
-    out.push({ type: PayloadType.KE, group, data: hs.pub } as KePayload);
+    out.push({ type: PayloadType.KE, group, data: hs.kex.publicValue } as KePayload);
     out.push({ type: PayloadType.NONCE, nonce: hs.ni });
-    out.push(notify(NotifyType.NAT_DETECTION_SOURCE_IP, natDetectionHash(hs.spiI, ZERO_SPI, localAddr, localPort)));
+    const me = io.local();
+    out.push(notify(NotifyType.NAT_DETECTION_SOURCE_IP, natDetectionHash(hs.spiI, ZERO_SPI, me.address, me.port)));
     out.push(notify(NotifyType.NAT_DETECTION_DESTINATION_IP, natDetectionHash(hs.spiI, ZERO_SPI, p.host, p.port)));
     return encodeMessage({ spiI: hs.spiI, spiR: ZERO_SPI, exchangeType: ExchangeType.IKE_SA_INIT, messageId: 0, initiator: true, response: false }, out);
   };
@@ -161,10 +169,8 @@ function run(p: WorkerParams): void {
   const next = (): void => {
     if (started >= p.count) return;
     const n = started++;
-    const kp = generateKeyPairSync("x25519");
-    const pub = (kp.publicKey.export({ format: "der", type: "spki" }) as Buffer).subarray(X25519_SPKI_PREFIX.length);
     const spiI = randomBytes(8);
-    const hs: Hs = { n: p.index * 1e9 + n, spiI, key: spiI.toString("hex"), priv: kp.privateKey, pub, ni: randomBytes(32), spiR: ZERO_SPI, stage: 0, packet: ZERO_SPI, sentAt: 0, startedAt: performance.now(), tries: 0 };
+    const hs: Hs = { n: p.index * 1e9 + n, spiI, key: spiI.toString("hex"), kex: createKeyExchange(group), ni: randomBytes(32), spiR: ZERO_SPI, stage: 0, packet: ZERO_SPI, sentAt: 0, startedAt: performance.now(), tries: 0 };
     hs.packet = hs.init = buildInit(hs);
     inflight.set(hs.key, hs);
     send(hs);
@@ -187,8 +193,7 @@ function run(p: WorkerParams): void {
     const nr = ps.find((x) => x.type === PayloadType.NONCE) as { nonce: Buffer } | undefined;
     if (!saP || !ke || !nr || saP.proposals.length !== 1) return fail(hs, "IKE_SA_INIT: response lacks SA, KE or Nr");
     const alg = algorithmsOf(saP.proposals[0]!);
-    const peer = createPublicKey({ key: Buffer.concat([X25519_SPKI_PREFIX, ke.data]), format: "der", type: "spki" });
-    const shared = diffieHellman({ privateKey: hs.priv, publicKey: peer });
+    const shared = hs.kex.computeSharedSecret(ke.data);
     hs.spiR = msg.header.spiR;
     hs.nr = nr.nonce;
     hs.prf = alg.prf;
@@ -235,35 +240,49 @@ function run(p: WorkerParams): void {
     finish();
   };
 
-  sock.on("message", (raw: Buffer, _r: RemoteInfo) => {
-    if (raw.length < 28) return;
-    const key = raw.toString("hex", 0, 8);
-    const hs = inflight.get(key);
-    if (!hs) return;
-    const exchange = raw[18];
-    try {
-      if (hs.stage === 0 && exchange === ExchangeType.IKE_SA_INIT) onInitResponse(hs, raw);
-      else if (hs.stage === 1 && exchange === ExchangeType.IKE_AUTH) onAuthResponse(hs, raw);
-    } catch (err) {
-      fail(hs, `${hs.stage === 0 ? "IKE_SA_INIT" : "IKE_AUTH"}: ${(err as Error).message}`);
-    }
+  return {
+    start(): void {
+      startedAt = performance.timeOrigin + performance.now();
+      for (let i = 0; i < p.concurrency && i < p.count; i++) next();
+      if (p.count === 0) finish();
+    },
+    receive(raw: Buffer): void {
+      if (raw.length < 28) return;
+      const hs = inflight.get(raw.toString("hex", 0, 8));
+      if (!hs) return;
+      const exchange = raw[18];
+      try {
+        if (hs.stage === 0 && exchange === ExchangeType.IKE_SA_INIT) onInitResponse(hs, raw);
+        else if (hs.stage === 1 && exchange === ExchangeType.IKE_AUTH) onAuthResponse(hs, raw);
+      } catch (err) {
+        fail(hs, `${hs.stage === 0 ? "IKE_SA_INIT" : "IKE_AUTH"}: ${(err as Error).message}`);
+      }
+    },
+  };
+}
+
+/** The worker: one UDP socket (connected to the responder) around createInitiator(). */
+function run(p: WorkerParams): void {
+  const sock = createSocket({ type: p.host.includes(":") ? "udp6" : "udp4" });
+  let local = { address: "", port: 0 };
+  const ini = createInitiator(p, {
+    send: (packet) => sock.send(packet),
+    local: () => local,
+    finished: (res) => {
+      sock.close();
+      parentPort!.postMessage({ kind: "result", result: res }, [res.latencies.buffer as ArrayBuffer]);
+    },
   });
-  sock.on("error", (err) => {
-    parentPort!.postMessage({ kind: "error", message: err.message });
-  });
+  sock.on("message", (raw: Buffer) => ini.receive(raw));
+  sock.on("error", (err) => parentPort!.postMessage({ kind: "error", message: err.message }));
   sock.bind({ address: p.local || undefined, port: 0 }, () => {
     sock.connect(p.port, p.host, () => {
-      const a = sock.address();
-      localAddr = a.address;
-      localPort = a.port;
+      local = sock.address();
       parentPort!.postMessage({ kind: "ready" });
     });
   });
   parentPort!.on("message", (m: { kind: string }) => {
-    if (m.kind !== "go") return;
-    startedAt = performance.timeOrigin + performance.now();
-    for (let i = 0; i < p.concurrency && i < p.count; i++) next();
-    if (p.count === 0) finish();
+    if (m.kind === "go") ini.start();
   });
 }
 

@@ -33,6 +33,18 @@ export function prfPlus(prfId: number, key: Buffer, seed: Buffer, length: number
   return Buffer.concat(out).subarray(0, length);
 }
 
+/**
+ * Cuts keys from prf+ output into one buffer of their own (not a slice of Node's shared
+ * 8 KiB Buffer pool: keys live as long as the SA, and one small slice kept alive pins the
+ * whole pool slab; with thousands of SAs that was most of an SA's memory).
+ */
+function keyCutter(km: Buffer): (n: number) => Buffer {
+  const store = Buffer.allocUnsafeSlow(km.length);
+  km.copy(store);
+  let o = 0;
+  return (n) => store.subarray(o, (o += n));
+}
+
 /** The algorithms key derivation needs (from the chosen IKE proposal). */
 export interface IkeKeyAlgorithms {
   prf: number;
@@ -74,8 +86,7 @@ export function deriveIkeKeys(alg: IkeKeyAlgorithms, seed: Buffer, ni: Buffer, n
   const al = integParams(alg.integ)?.keyLength ?? 0;
   const el = encrKeyMaterialLength(alg.encr, alg.encrKeyBits);
   const km = prfPlus(alg.prf, seed, Buffer.concat([ni, nr, spiI, spiR]), 3 * pl + 2 * al + 2 * el);
-  let o = 0;
-  const take = (n: number) => Buffer.from(km.subarray(o, (o += n)));
+  const take = keyCutter(km);
   const skD = take(pl);
   const skAi = take(al);
   const skAr = take(al);
@@ -116,8 +127,7 @@ export function deriveChildKeys(prfId: number, skD: Buffer, alg: ChildKeyAlgorit
   const al = integParams(alg.integ)?.keyLength ?? 0;
   const seed = pfsSharedSecret ? Buffer.concat([pfsSharedSecret, ni, nr]) : Buffer.concat([ni, nr]);
   const km = prfPlus(prfId, skD, seed, 2 * (el + al));
-  let o = 0;
-  const take = (n: number) => Buffer.from(km.subarray(o, (o += n)));
+  const take = keyCutter(km);
   const encrI = take(el);
   const integI = take(al);
   const encrR = take(el);

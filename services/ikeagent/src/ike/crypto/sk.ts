@@ -55,8 +55,11 @@ export function createSkCipher(alg: SkAlgorithms, encKey: Buffer, integKey: Buff
   const ep = encrParams(alg.encr, alg.encrKeyBits);
   const newIv = opts.iv ?? ((n: number) => randomBytes(n));
   if (encKey.length !== ep.keyLength + ep.saltLength) throw new RangeError(`SK_e must be ${ep.keyLength + ep.saltLength} octets`);
-  const key = Buffer.from(encKey.subarray(0, ep.keyLength));
-  const salt = Buffer.from(encKey.subarray(ep.keyLength));
+  // One copy of its own (not from the shared Buffer pool: it lives as long as the SA).
+  const own = Buffer.allocUnsafeSlow(encKey.length);
+  encKey.copy(own);
+  const key = own.subarray(0, ep.keyLength);
+  const salt = own.subarray(ep.keyLength);
   if (ep.aead) {
     if (alg.integ !== 0) throw new RangeError("AEAD cipher with an integrity algorithm");
     const name = alg.encr === EncrId.CHACHA20_POLY1305 ? "chacha20-poly1305" : ep.keyLength === 16 ? "aes-128-gcm" : "aes-256-gcm";
@@ -91,7 +94,8 @@ export function createSkCipher(alg: SkAlgorithms, encKey: Buffer, integKey: Buff
   const ip = integParams(alg.integ);
   if (!ip) throw new RangeError("non-AEAD cipher without an integrity algorithm");
   if (integKey.length !== ip.keyLength) throw new RangeError(`SK_a must be ${ip.keyLength} octets`);
-  const ikey = Buffer.from(integKey);
+  const ikey = Buffer.allocUnsafeSlow(integKey.length);
+  integKey.copy(ikey);
   const name = ep.keyLength === 16 ? "aes-128-cbc" : "aes-256-cbc";
   const mac = (aad: Buffer, ivct: Buffer) => createHmac(ip.hash, ikey).update(aad).update(ivct).digest().subarray(0, ip.icvLength);
   return {

@@ -10,13 +10,18 @@ import type { DataplaneApi, IkeRelay, RelayDatagram } from "./dataplane.js";
 export class FakeDataplane implements DataplaneApi {
   readonly sas = new Map<string, dataplane.SecurityAssociation>();
   readonly policies = new Map<string, dataplane.Policy>();
-  /** Every call, in order, e.g. "addSa in 0xc0000001" (for tests that check ordering). */
+  /** Every call, in order, e.g. "addSa in 0xc0000001" (for tests that check ordering); the last 10,000 at most (`--dataplane fake` runs for long). */
   readonly calls: string[] = [];
   #nextSpi = 0xc0000001;
   #listeners = new Set<(e: dataplane.Event) => void>();
   #relayReceiver: ((d: RelayDatagram) => void) | undefined;
   /** Where the relay sends (tests connect it to their fake network). */
   relayOut: ((d: RelayDatagram) => void) | undefined;
+
+  #call(line: string): void {
+    this.calls.push(line);
+    if (this.calls.length > 12_000) this.calls.splice(0, this.calls.length - 10_000);
+  }
 
   constructor(private readonly spiBase = 0xc0000001) {
     this.#nextSpi = spiBase;
@@ -40,26 +45,26 @@ export class FakeDataplane implements DataplaneApi {
   }
   async allocateSpi(): Promise<number> {
     const spi = this.#nextSpi++;
-    this.calls.push(`allocateSpi 0x${spi.toString(16)}`);
+    this.#call(`allocateSpi 0x${spi.toString(16)}`);
     return spi;
   }
   async addSa(sa: dataplane.SecurityAssociation): Promise<void> {
     const key = FakeDataplane.saKey(sa.id!);
-    this.calls.push(`addSa ${sa.direction === dataplane.Direction.DIRECTION_IN ? "in" : "out"} 0x${sa.id!.spi.toString(16)}`);
+    this.#call(`addSa ${sa.direction === dataplane.Direction.DIRECTION_IN ? "in" : "out"} 0x${sa.id!.spi.toString(16)}`);
     this.sas.set(key, sa);
   }
   async deleteSa(id: dataplane.SaId): Promise<void> {
-    this.calls.push(`deleteSa 0x${id.spi.toString(16)}`);
+    this.#call(`deleteSa 0x${id.spi.toString(16)}`);
     this.sas.delete(FakeDataplane.saKey(id));
   }
   async addPolicy(p: dataplane.Policy): Promise<void> {
     const key = FakeDataplane.policyKey(p.selector, p.direction);
-    this.calls.push(`addPolicy ${dataplane.policyActionToJSON(p.action)} ${key}`);
+    this.#call(`addPolicy ${dataplane.policyActionToJSON(p.action)} ${key}`);
     this.policies.set(key, p);
   }
   async deletePolicy(selector: dataplane.Selector, direction: dataplane.Direction): Promise<void> {
     const key = FakeDataplane.policyKey(selector, direction);
-    this.calls.push(`deletePolicy ${key}`);
+    this.#call(`deletePolicy ${key}`);
     this.policies.delete(key);
   }
   async listSas(connection?: string): Promise<dataplane.SaState[]> {

@@ -8,9 +8,11 @@ import { ikeSaCiphers } from "../crypto/sk.js";
 import type { NegotiatedAlgorithms } from "../proposal.js";
 import type { SkCipher } from "../wire/index.js";
 
+const NO_KEY = Buffer.alloc(0);
+
 export class Keymat {
   readonly alg: NegotiatedAlgorithms;
-  readonly #keys: IkeSaKeys;
+  #keys: IkeSaKeys;
   readonly out: SkCipher;
   readonly in: SkCipher;
 
@@ -57,6 +59,16 @@ export class Keymat {
   /** RFC 7296 §2.15: AUTH = prf( prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>). */
   pskAuth(psk: Buffer, octets: Buffer): Buffer {
     return prf(this.alg.prf, prf(this.alg.prf, psk, Buffer.from("Key Pad for IKEv2")), octets);
+  }
+
+  /**
+   * IKE_AUTH is done: only SK_d (CHILD SA keys, IKE rekey) and the ciphers are needed from
+   * now on; SK_pi/SK_pr (AUTH, §2.15) and the copies of SK_e/SK_a are wiped and dropped.
+   */
+  authDone(): void {
+    const { skD } = this.#keys;
+    for (const [k, v] of Object.entries(this.#keys)) if (k !== "skD") (v as Buffer).fill(0);
+    this.#keys = { skD, skAi: NO_KEY, skAr: NO_KEY, skEi: NO_KEY, skEr: NO_KEY, skPi: NO_KEY, skPr: NO_KEY };
   }
 
   wipe(): void {

@@ -103,6 +103,9 @@ export class IkeSa {
   rekeying = false;
   /** §2.8.1: the peer rekeyed this IKE SA while our rekey was in flight. */
   peerRekey?: { sa: IkeSa; nonces: Buffer[] };
+  /** Key in the engine's half-open table, and the timer that removes the SA if it never authenticates, while it is half-open. */
+  halfOpenKey?: string;
+  halfOpenTimer?: NodeJS.Timeout;
   /** Serializes message processing of this SA. */
   chain: Promise<void> = Promise.resolve();
   /** Signature scheme hash algorithms the peer supports (RFC 7427 §4). */
@@ -133,4 +136,23 @@ export class IkeSa {
     for (const t of this.timers) clearTimeout(t);
     this.timers = [];
   }
+
+  /**
+   * IKE_AUTH is over (the first CHILD SA too): drop what only IKE_SA_INIT and IKE_AUTH
+   * needed — the IKE_SA_INIT messages (signed octets, §2.15), the nonces (KEYMAT of the
+   * first CHILD SA), the key exchange, the connection candidates, the peer's signature hash
+   * algorithms and SK_pi/SK_pr — so an established SA keeps little more than its keys.
+   */
+  authDone(): void {
+    this.initRequest = undefined;
+    this.initResponse = undefined;
+    this.ni = NO_BYTES;
+    this.nr = NO_BYTES;
+    this.ke = undefined;
+    this.candidates = [];
+    this.peerHashes = [];
+    this.keymat?.authDone();
+  }
 }
+
+const NO_BYTES = Buffer.alloc(0);

@@ -276,7 +276,12 @@ export function sealBody(header: IkeHeader, outer: readonly Payload[], skType: n
   const aad = w.toBuffer();
   const sealed = cipher.seal(aad, plaintext);
   if (sealed.length !== sealedLen) throw new Error(`SkCipher.seal returned ${sealed.length} bytes, promised ${sealedLen}`);
-  return Buffer.concat([aad, sealed]);
+  // A buffer of its own, not a slice of the shared pool: a sent request or response is kept
+  // for retransmission (§2.1) as long as the SA lives.
+  const out = Buffer.allocUnsafeSlow(aad.length + sealed.length);
+  aad.copy(out);
+  sealed.copy(out, aad.length);
+  return out;
 }
 
 /** Split a decoded protected message into AAD (bytes before the IV) and sealed body. */

@@ -94,38 +94,61 @@ export class Reader {
   }
 }
 
-/** A growable output buffer for encoders. */
+/**
+ * A growable output buffer for encoders: one buffer, doubled when full. (It used to keep a
+ * list of chunks with a new Buffer per u8/u16/u32; that allocation was the encoder's
+ * biggest cost and a good part of the responder's garbage per handshake.)
+ */
 export class Writer {
-  private chunks: Buffer[] = [];
+  private buf: Buffer;
   private len = 0;
+
+  constructor(capacity = 128) {
+    this.buf = Buffer.allocUnsafe(capacity);
+  }
 
   get length(): number {
     return this.len;
   }
 
+  private room(n: number): void {
+    if (this.len + n <= this.buf.length) return;
+    let cap = this.buf.length * 2;
+    while (cap < this.len + n) cap *= 2;
+    const next = Buffer.allocUnsafe(cap);
+    this.buf.copy(next, 0, 0, this.len);
+    this.buf = next;
+  }
+
   u8(v: number): this {
-    return this.raw(Buffer.from([v & 0xff]));
+    this.room(1);
+    this.buf[this.len++] = v & 0xff;
+    return this;
   }
 
   u16(v: number): this {
-    const b = Buffer.alloc(2);
-    b.writeUInt16BE(v & 0xffff);
-    return this.raw(b);
+    this.room(2);
+    this.buf.writeUInt16BE(v & 0xffff, this.len);
+    this.len += 2;
+    return this;
   }
 
   u32(v: number): this {
-    const b = Buffer.alloc(4);
-    b.writeUInt32BE(v >>> 0);
-    return this.raw(b);
+    this.room(4);
+    this.buf.writeUInt32BE(v >>> 0, this.len);
+    this.len += 4;
+    return this;
   }
 
   raw(b: Uint8Array): this {
-    this.chunks.push(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+    this.room(b.byteLength);
+    this.buf.set(b, this.len);
     this.len += b.byteLength;
     return this;
   }
 
+  /** The bytes written so far (a view: later writes never change them). */
   toBuffer(): Buffer {
-    return Buffer.concat(this.chunks, this.len);
+    return this.buf.subarray(0, this.len);
   }
 }

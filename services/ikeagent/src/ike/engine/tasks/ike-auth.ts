@@ -198,6 +198,7 @@ export class IkeAuth implements Task {
       await this.core.dp.deleteSa({ dst: sa.local.address, spi: this.#child!.child.spiIn, protocol: 50 }).catch(() => undefined);
       this.core.failed(sa, conn, f);
     }
+    sa.authDone();
     void this.#started;
     return "done";
   }
@@ -272,6 +273,7 @@ export async function respondIkeAuth(core: EngineCore, sa: IkeSa, ps: Payload[])
     if (r.failure) core.failed(sa, conn, r.failure);
     child = r.child;
   }
+  sa.authDone();
   return {
     payloads,
     after: async () => {
