@@ -115,4 +115,16 @@ export async function until(cond: () => boolean, ms = 5000, what = "condition"):
   }
 }
 
+/** The messages on the wire without retransmissions (same sender, same "what"): a loaded machine retransmits at 100 ms. */
+export function distinct(wire: readonly Datagram[]): string[] {
+  const seen = new Set<string>();
+  const out: string[] = [];
+  for (const d of wire) {
+    const k = `${d.from.address}:${d.from.port} ${d.what}`;
+    if (d.what === "keepalive" || !seen.has(k)) out.push(d.what);
+    seen.add(k);
+  }
+  return out;
+}
+
 export const cfg = (connections: fleet.ConnectionDef[], caCertificates: string[] = []) => ({ revision: 1n, connections, policyGroups: [], caCertificates });
