@@ -8,7 +8,11 @@
  * ApplySpec to the agent seeing a view with the new revision.
  *
  *   npx tsc -b services/controller test && npx tsc -p bench/convergence.tsconfig.json
- *   node bench/dist/convergence.js [--runs R] [N ...]        (default: 100 1000, 1 run)
+ *   node bench/dist/convergence.js [--runs R] [--agent watch|fleet] [N ...]   (default: 100 1000, 1 run, watch)
+ *   --agent watch: each agent is a bare kv.watch of its key (the figures below up to c7f830a);
+ *   --agent fleet: each agent is the real agent-side code (runFleetClient: filtered push
+ *   consumer, view validation, state dir, apply to a fake engine, status publishing), and
+ *   the time is when the engine's apply() gets the new revision.
  *
  * Figures (2 vCPU, shared with other workloads: load average 3-7 during the runs, so
  * the spread is mostly CPU contention between controller, nats-server and 1,000 agents):
@@ -20,12 +24,15 @@
  * `yaml` CST parser is ~70 % of compile) and rendering in a worker thread.
  */
 import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
-import { readFileSync, readdirSync } from "node:fs";
-import { loadavg } from "node:os";
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { loadavg, tmpdir } from "node:os";
+import { join } from "node:path";
 import { connect, type NatsConnection } from "nats";
 import { createLogger } from "@fleetswan/common";
 import { fleet } from "@fleetswan/proto";
 import { Controller, ControllerClient, BUCKET } from "@fleetswan/controller";
+import { FakeEngine, runFleetClient, loadOrCreateAgentKey, type FleetClient } from "@fleetswan/ikeagent/fleet/index";
+import { AgentState } from "@fleetswan/ikeagent/fleet/state";
 import { startNats } from "@fleetswan/test/harness";
 
 const log = createLogger("bench", { level: process.env.FLEETSWAN_BENCH_LOG ?? "warn" });
@@ -58,6 +65,7 @@ const pct = (sorted: number[], p: number): number => sorted[Math.min(sorted.leng
 
 async function run(n: number): Promise<void> {
   const nats = await startNats();
+  const base = mkdtempSync(join(tmpdir(), "fs-bench-conv-"));
   const conns: NatsConnection[] = [];
   try {
     const cnc = await connect({ servers: nats.url });
@@ -73,7 +81,7 @@ async function run(n: number): Promise<void> {
     const workers = Math.min(8, Math.ceil(n / 50));
     const startConnect = Date.now();
     const pool = Array.from({ length: workers }, (_, w) => new Worker(new URL(import.meta.url), {
-      workerData: { url: nats.url, gateways: Array.from({ length: n }, (_, i) => i).filter((i) => i % workers === w).map((i) => `gw-${i}`) },
+      workerData: { url: nats.url, mode: agentMode, base, gateways: Array.from({ length: n }, (_, i) => i).filter((i) => i % workers === w).map((i) => `gw-${i}`) },
     }));
     await Promise.all(pool.map((wk) => new Promise((res) => wk.once("message", res))));
     const connectMs = Date.now() - startConnect;
@@ -102,7 +110,55 @@ async function run(n: number): Promise<void> {
   } finally {
     await Promise.all(conns.map((c) => c.close().catch(() => undefined)));
     await nats.stop();
+    rmSync(base, { recursive: true, force: true });
   }
+}
+
+/** An engine that records when it first applies a view of the target revision. */
+class TimingEngine extends FakeEngine {
+  constructor(private readonly onRevision: (rev: bigint) => void) {
+    super();
+  }
+  override async apply(...args: Parameters<FakeEngine["apply"]>) {
+    this.onRevision(args[0].revision);
+    return super.apply(...args);
+  }
+}
+
+/** Agents as the real agent-side code (runFleetClient: KeyWatcher, validation, apply, status) with a fake engine. */
+async function fleetAgentWorker(): Promise<void> {
+  const { url, gateways, base } = workerData as { url: string; gateways: string[]; base: string };
+  const seen = new Map<string, number>();
+  let target = 0n;
+  let report!: () => void;
+  const done = new Promise<void>((r) => (report = r));
+  const clients: FleetClient[] = [];
+  const synced = new Set<string>();
+  for (let i = 0; i < gateways.length; i += 25) {
+    await Promise.all(gateways.slice(i, i + 25).map(async (gw) => {
+      const dir = join(base, gw);
+      const key = loadOrCreateAgentKey(dir);
+      new AgentState(dir).saveEnrolled(key.keyId, gw); // no keymgr here: enrolled already
+      const engine = new TimingEngine((rev) => {
+        if (target === 0n) { synced.add(gw); return; }
+        if (rev >= target && !seen.has(gw)) {
+          seen.set(gw, performance.timeOrigin + performance.now());
+          if (seen.size === gateways.length) report();
+        }
+      });
+      clients.push(await runFleetClient({ natsUrl: url, gateway: gw, stateDir: dir, engine, log, statusIntervalMs: 600_000, heartbeatMs: 5000 }));
+    }));
+  }
+  // Every agent has applied the first revision's view before we say ready.
+  while (synced.size < gateways.length) await new Promise((r) => setTimeout(r, 50));
+  parentPort!.once("message", (t: string) => {
+    target = BigInt(t);
+    void done.then(async () => {
+      parentPort!.postMessage([...seen.values()]);
+      await Promise.all(clients.map((c) => c.stop()));
+    });
+  });
+  parentPort!.postMessage("ready");
 }
 
 async function agentWorker(): Promise<void> {
@@ -136,13 +192,18 @@ async function agentWorker(): Promise<void> {
   parentPort!.postMessage("ready");
 }
 
+let agentMode = "watch";
 if (!isMainThread) {
-  await agentWorker();
+  if ((workerData as { mode: string }).mode === "fleet") await fleetAgentWorker();
+  else await agentWorker();
 } else {
 const args = process.argv.slice(2);
+const ai = args.indexOf("--agent");
+if (ai >= 0) agentMode = args.splice(ai, 2)[1]!;
+if (agentMode !== "watch" && agentMode !== "fleet") throw new Error("--agent watch|fleet");
 const ri = args.indexOf("--runs");
 const runs = ri >= 0 ? Number(args.splice(ri, 2)[1]) : 1;
 const sizes = args.map(Number).filter((x) => x > 1);
-console.log(`convergence: one spec change (defaults.dpd.delay) -> every agent sees its new view (node ${process.version}, ${runs} run(s) per size)`);
+console.log(`convergence: one spec change (defaults.dpd.delay) -> every agent ${agentMode === "fleet" ? "applies (runFleetClient + fake engine)" : "sees (kv.watch)"} its new view (node ${process.version}, ${runs} run(s) per size)`);
 for (const n of sizes.length ? sizes : [100, 1000]) for (let i = 0; i < runs; i++) await run(n);
 }

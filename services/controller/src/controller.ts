@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from "node:crypto";
 import { lookup } from "node:dns/promises";
-import { headers as natsHeaders, type KV, type Msg, type NatsConnection, type Subscription } from "nats";
+import { createInbox, headers as natsHeaders, type KV, type Msg, type NatsConnection, type Subscription } from "nats";
 import { ConflictError, FleetswanError, NotFoundError, Secret, UnavailableError, type Logger } from "@fleetswan/common";
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 import { controller as api, fleet, keymgr } from "@fleetswan/proto";
@@ -309,7 +309,12 @@ export class Controller {
     const source = req.sourceName || "fleet.yaml";
     for (let attempt = 0; ; attempt++) {
       const t0 = performance.now();
-      const lap = (what: string) => this.#o.log.debug({ ms: Math.round(performance.now() - t0) }, `apply: ${what}`);
+      const c0 = process.cpuUsage();
+      const lap = (what: string) => {
+        if (!this.#o.log.isLevelEnabled("debug")) return;
+        const c = process.cpuUsage(c0);
+        this.#o.log.debug({ ms: Math.round(performance.now() - t0), cpuMs: Math.round((c.user + c.system) / 1000) }, `apply: ${what}`);
+      };
       const cur = await this.#currentRecord();
       const base = Number(req.baseRevision);
       if (!req.force && !dryRun && base !== cur.revision) {
@@ -703,20 +708,42 @@ export class Controller {
   /**
    * Write views whose bytes changed. Compare-and-set per key, and never replace a view
    * rendered from a newer revision: concurrent replicas cannot go backwards.
+   * Fast path: every view whose current KV revision the watch cache knows is published
+   * in one batch (#publishBatch: plain publishes with an expected-last-subject-sequence
+   * header, acks collected on one inbox subscription); only views without a cache entry
+   * and batch writes that failed (sequence mismatch, timeout, no responders) go through
+   * the per-view path below, which reads the key first.
    */
   async #writeViews(views: Map<string, fleet.GatewayView>, removed: string[], revision: number): Promise<void> {
-    // Pipelined: up to 1,024 compare-and-set writes in flight (JetStream publishes with
-    // an expected last sequence), not one round trip after the other.
-    await parallel([...views.values()], 1024, async (view) => {
+    const slow: fleet.GatewayView[] = [];
+    const batch: { view: fleet.GatewayView; key: string; bytes: Uint8Array; expect: number }[] = [];
+    for (const view of views.values()) {
+      const bytes = fleet.GatewayView.encode(view).finish();
+      const cached = this.#viewCache.get(view.gateway);
+      if (!cached) { slow.push(view); continue; }
+      if (Buffer.from(cached.value).equals(Buffer.from(bytes))) { this.#m.viewWrites.inc({ result: "unchanged" }); continue; }
+      if (viewRevisionOf(cached) > view.revision) { this.#m.viewWrites.inc({ result: "superseded" }); continue; }
+      batch.push({ view, key: view.gateway, bytes, expect: cached.revision });
+    }
+    if (batch.length) {
+      const acks = await this.#publishBatch(`$KV.${BUCKET.views}.`, batch);
+      acks.forEach((a, i) => {
+        const b = batch[i]!;
+        if (typeof a === "number") {
+          this.#m.viewWrites.inc({ result: "written" });
+          const c = this.#viewCache.get(b.key);
+          if (!c || c.revision < a) this.#viewCache.set(b.key, { revision: a, value: b.bytes, viewRevision: b.view.revision });
+        } else slow.push(b.view); // re-read and retry one by one
+      });
+    }
+    await parallel(slow, 64, async (view) => {
       const bytes = fleet.GatewayView.encode(view).finish();
       for (let attempt = 0; attempt < 10; attempt++) {
-        // First try from the watch cache (no round trip); on a sequence mismatch, read.
-        const cached = attempt === 0 ? this.#viewCache.get(view.gateway) : undefined;
-        const e = cached ? { operation: "PUT" as const, value: cached.value, revision: cached.revision } : await this.#views.get(view.gateway);
+        const e = await this.#views.get(view.gateway);
         try {
           if (e?.operation === "PUT") {
             if (Buffer.from(e.value).equals(Buffer.from(bytes))) { this.#m.viewWrites.inc({ result: "unchanged" }); return; }
-            if ((cached ? viewRevisionOf(cached) : fleet.GatewayView.decode(e.value).revision) > view.revision) { this.#m.viewWrites.inc({ result: "superseded" }); return; }
+            if (fleet.GatewayView.decode(e.value).revision > view.revision) { this.#m.viewWrites.inc({ result: "superseded" }); return; }
             await this.#views.update(view.gateway, bytes, e.revision);
           } else if (e) await this.#views.update(view.gateway, bytes, e.revision);
           else await this.#views.create(view.gateway, bytes);
@@ -740,6 +767,54 @@ export class Controller {
         this.#m.viewWrites.inc({ result: "deleted" });
       }
     }
+  }
+
+  /**
+   * Publish KV values as one pipelined batch: plain publishes to `<subjectPrefix><key>`
+   * with header Nats-Expected-Last-Subject-Sequence (what kv.update sends), written to
+   * the socket together, and the PubAcks collected on one wildcard inbox subscription,
+   * without nats.js's per-request promise, timer and stack trace. Per item: the new
+   * stream sequence (the KV revision) or an error string (wrong last sequence, 503 no
+   * responders, timeout): the caller falls back to read-then-compare-and-set.
+   */
+  async #publishBatch(subjectPrefix: string, items: { key: string; bytes: Uint8Array; expect: number }[], timeoutMs = 10_000): Promise<(number | string)[]> {
+    const nc = this.#o.nc;
+    const inbox = createInbox((nc as unknown as { options?: { inboxPrefix?: string } }).options?.inboxPrefix);
+    const out: (number | string)[] = new Array(items.length).fill("TIMEOUT");
+    let left = items.length;
+    let done!: () => void;
+    const finished = new Promise<void>((r) => (done = r));
+    const sub = nc.subscribe(`${inbox}.*`, {
+      max: items.length,
+      callback: (err, m) => {
+        if (err) return;
+        const i = Number(m.subject.slice(inbox.length + 1));
+        if (!(i >= 0 && i < items.length) || out[i] !== "TIMEOUT") return;
+        if (m.headers?.code === 503 || m.data.length === 0) out[i] = `${m.headers?.code ?? 503} ${m.headers?.description ?? "no responders"}`;
+        else {
+          try {
+            const ack = JSON.parse(Buffer.from(m.data).toString("utf8")) as { seq?: number; error?: { description?: string } };
+            out[i] = ack.error ? String(ack.error.description ?? "error") : Number(ack.seq);
+          } catch (e) {
+            out[i] = `bad ack: ${(e as Error).message}`;
+          }
+        }
+        if (--left === 0) done();
+      },
+    });
+    const timer = setTimeout(done, timeoutMs);
+    try {
+      items.forEach((it, i) => {
+        const h = natsHeaders();
+        h.set("Nats-Expected-Last-Subject-Sequence", String(it.expect));
+        nc.publish(subjectPrefix + it.key, it.bytes, { reply: `${inbox}.${i}`, headers: h });
+      });
+      await finished;
+    } finally {
+      clearTimeout(timer);
+      sub.unsubscribe();
+    }
+    return out;
   }
 
   /**

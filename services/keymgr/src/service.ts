@@ -79,6 +79,7 @@ export class KeyManager {
   #timer: NodeJS.Timeout | undefined;
   #repairTimer: NodeJS.Timeout | undefined;
   #repairing: Promise<{ resealed: number }> | undefined;
+  #maintaining: Promise<void> | undefined;
   #stopped = false;
   #watchers: { stop(): void }[] = [];
   readonly metrics: {
@@ -169,7 +170,12 @@ export class KeyManager {
     this.#subs.push(this.#o.nc.subscribe(SUBJECT.enroll, { queue: QUEUE_GROUP, callback: (e, m) => !e && void this.#onEnroll(m) }));
     await this.#o.nc.flush();
     const every = this.#o.maintenanceIntervalMs ?? 5000;
-    this.#timer = setInterval(() => void this.maintenance().catch((e) => this.#log.warn({ err: (e as Error).message }, "maintenance failed")), every);
+    this.#timer = setInterval(() => {
+      if (this.#maintaining) return; // the previous pass is still running
+      this.#maintaining = this.maintenance()
+        .catch((e) => this.#log.warn({ err: (e as Error).message }, "maintenance failed"))
+        .finally(() => (this.#maintaining = undefined));
+    }, every);
     this.#timer.unref();
     await this.maintenance();
     await this.repairSealed().catch((e) => this.#log.warn({ err: (e as Error).message }, "repair of sealed blobs failed; retried on the timer"));
@@ -186,6 +192,7 @@ export class KeyManager {
     if (this.#timer) clearInterval(this.#timer);
     if (this.#repairTimer) clearInterval(this.#repairTimer);
     await this.#repairing?.catch(() => undefined);
+    await this.#maintaining;
     for (const s of this.#subs) s.unsubscribe();
     for (const w of this.#watchers) w.stop();
   }

@@ -167,13 +167,15 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
   // ------------------------------------------------------------ apply ----
   let applying: Promise<void> | undefined;
   let again = false;
-  let timer: NodeJS.Timeout | undefined;
+  let timer: NodeJS.Immediate | undefined;
+  // No delay: the apply runs right after the I/O callbacks of this turn of the event
+  // loop (a view and its secrets arriving in one read are still applied together).
   const scheduleApply = (): void => {
     if (timer || stopped) return;
-    timer = setTimeout(() => {
+    timer = setImmediate(() => {
       timer = undefined;
       void runApply();
-    }, 5);
+    });
   };
   const runApply = async (): Promise<void> => {
     if (applying) {
@@ -443,7 +445,7 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
     nc: () => nc,
     async stop() {
       stopped = true;
-      if (timer) clearTimeout(timer);
+      if (timer) clearImmediate(timer);
       if (changeTimer) clearTimeout(changeTimer);
       engine.off("change", onChange);
       engine.off("event", publishEvent);
