@@ -65,7 +65,7 @@ const pct = (sorted: number[], p: number): number => sorted[Math.min(sorted.leng
 
 async function run(n: number): Promise<void> {
   const nats = await startNats();
-  const base = mkdtempSync(join(tmpdir(), "fs-bench-conv-"));
+  const stateBase = mkdtempSync(join(tmpdir(), "fs-bench-conv-"));
   const conns: NatsConnection[] = [];
   try {
     const cnc = await connect({ servers: nats.url });
@@ -81,7 +81,7 @@ async function run(n: number): Promise<void> {
     const workers = Math.min(8, Math.ceil(n / 50));
     const startConnect = Date.now();
     const pool = Array.from({ length: workers }, (_, w) => new Worker(new URL(import.meta.url), {
-      workerData: { url: nats.url, mode: agentMode, base, gateways: Array.from({ length: n }, (_, i) => i).filter((i) => i % workers === w).map((i) => `gw-${i}`) },
+      workerData: { url: nats.url, mode: agentMode, base: stateBase, gateways: Array.from({ length: n }, (_, i) => i).filter((i) => i % workers === w).map((i) => `gw-${i}`) },
     }));
     await Promise.all(pool.map((wk) => new Promise((res) => wk.once("message", res))));
     const connectMs = Date.now() - startConnect;
@@ -110,7 +110,7 @@ async function run(n: number): Promise<void> {
   } finally {
     await Promise.all(conns.map((c) => c.close().catch(() => undefined)));
     await nats.stop();
-    rmSync(base, { recursive: true, force: true });
+    rmSync(stateBase, { recursive: true, force: true });
   }
 }
 
