@@ -15,7 +15,7 @@ import { makeStepper, run } from "./util.js";
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
 const DEFAULT_SPEC = join(REPO, "lab", "fleet.yaml");
 
-const USAGE = `usage: fleetswan-lab up [--kernel] [--spec FILE] [--no-verify] [--backend userspace|xfrm]
+const USAGE = `usage: fleetswan-lab up [--kernel] [--spec FILE] [--no-verify] [--backend userspace|xfrm] [--prometheus]
        fleetswan-lab down [--kernel]
        fleetswan-lab status [--kernel]
        fleetswan-lab env                 print FLEETSWAN_NATS_URL for the fleetswan CLI
@@ -30,6 +30,8 @@ up:   starts nats-server, the controller, keymgr, gw-a and gw-b (fleetswan: data
       Running it again on a running lab restarts what died and checks again.
       --kernel runs the same fleet inside User-Mode Linux with the xfrm backend.
       --backend xfrm runs it on this host's kernel (needs ESP: CONFIG_INET_ESP).
+      --prometheus also starts Prometheus (/usr/bin/prometheus) scraping every service of
+      the lab, with deploy/prometheus/fleetswan-alerts.yaml loaded, and prints its URL.
 down: stops every process and removes every namespace of the lab (logs are kept).`;
 
 function out(s: string): void {
@@ -53,6 +55,7 @@ async function main(argv: string[]): Promise<number> {
       spec: { type: "string" },
       "no-verify": { type: "boolean" },
       backend: { type: "string" },
+      prometheus: { type: "boolean" },
     },
     strict: !passthrough,
     allowPositionals: true,
@@ -85,6 +88,17 @@ async function main(argv: string[]): Promise<number> {
         return 1;
       }
       step(`lab up in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+      if (values.prometheus) {
+        const { labPrometheus, startLabPrometheus } = await import("./prometheus.js");
+        const running = labPrometheus(lab.c);
+        if (running) step(`Prometheus already runs: ${running.url}`);
+        else {
+          step("starting Prometheus (scrapes controller, keymgr, every ikeagent and dataplane; alert rules loaded)");
+          const p = await startLabPrometheus(lab.c);
+          await p.waitTargetsUp(60_000);
+          step(`Prometheus: ${p.url} (every target up)`);
+        }
+      }
       await printStatus(lab);
       return 0;
     }
@@ -94,6 +108,8 @@ async function main(argv: string[]): Promise<number> {
         await kernelDown({ step });
         return 0;
       }
+      const { stopLabPrometheus } = await import("./prometheus.js");
+      await stopLabPrometheus(lab.c);
       await lab.down(step);
       step(`lab "${lab.c.instance}" is down (logs kept in ${join(stateDir, "logs")})`);
       return 0;
@@ -155,6 +171,9 @@ async function printStatus(lab: Lab): Promise<void> {
   }
   out("Prometheus metrics (from this host):");
   for (const m of lab.metricsUrls()) out(`  ${m.name.padEnd(18)} ${m.url}`);
+  const { labPrometheus } = await import("./prometheus.js");
+  const prom = labPrometheus(c);
+  if (prom) out(`Prometheus (scraping the lab, alert rules loaded): ${prom.url}   (e.g. ${prom.url}/alerts)`);
   out(`\nUse the fleetswan CLI:  export FLEETSWAN_NATS_URL=${natsUrl(c)}   (or ./fleetswan-lab fleetswan status)`);
   out(`Poke around:            ip netns exec ${lab.ns("host-a")} ping ${lab.gw("gw-b").hostAddr}`);
   out(`                        ./fleetswan-lab exec gw-c swanctl --list-sas --uri unix://${c.stateDir}/gw-c/charon.vici`);

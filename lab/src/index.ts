@@ -8,5 +8,6 @@ export * from "./strongswan.js";
 export * from "./topology.js";
 export * from "./traffic.js";
 export * from "./lab.js";
+export * from "./prometheus.js";
 export { run, inNs, sleep, waitFor, isAlive, readPid, makeStepper, CommandError, type RunResult } from "./util.js";
 export const LAB_VERSION = "0.1.0";
