@@ -27,7 +27,7 @@ PSK, one CHILD SA) with C in flight against the responder at ADDR:PORT (default 
   --workers W            initiator threads, each with its own UDP socket (default 2)
   --psk TEXT             pre-shared key (default "bench pre-shared key, 32+ bytes long")
   --id ID                our identity (default bench-i.example.test); "%d" = handshake number
-  --ike PROPOSAL         IKE proposal (default aes256gcm16-prfsha256-curve25519; curve25519 only)
+  --ike PROPOSAL         IKE proposal (default aes256gcm16-prfsha256-curve25519; its first DH group is sent)
   --esp PROPOSAL         ESP proposal (default aes256gcm16)
   --tsi CIDR[,CIDR]      our traffic selectors (default 10.1.0.0/16)
   --tsr CIDR[,CIDR]      the responder's (default 10.2.0.0/16)

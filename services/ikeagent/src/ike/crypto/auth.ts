@@ -37,9 +37,23 @@ export function signedOctets(prfId: number, realMessage: Buffer, peerNonce: Buff
 /** RFC 7296 §2.15: the key pad for PSK authentication. */
 export const KEY_PAD = Buffer.from("Key Pad for IKEv2", "ascii");
 
+/**
+ * prf(Shared Secret, "Key Pad for IKEv2") per PSK buffer and PRF, computed once: it is as
+ * secret as the PSK and lives exactly as long (weakly keyed by the PSK's Buffer, which a
+ * Secret keeps for its life).
+ */
+const padCache = new WeakMap<Buffer, Map<number, Buffer>>();
+function keyPad(prfId: number, psk: Buffer): Buffer {
+  let m = padCache.get(psk);
+  if (!m) padCache.set(psk, (m = new Map()));
+  let pad = m.get(prfId);
+  if (!pad) m.set(prfId, (pad = prf(prfId, psk, KEY_PAD)));
+  return pad;
+}
+
 /** AUTH = prf( prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>) (RFC 7296 §2.15). */
 export function pskAuthData(prfId: number, psk: Buffer, octets: Buffer): Buffer {
-  return prf(prfId, prf(prfId, psk, KEY_PAD), octets);
+  return prf(prfId, keyPad(prfId, psk), octets);
 }
 
 /** Constant-time check of a received PSK AUTH value. */

@@ -9,11 +9,12 @@
  * Padding (§3.14): payloads | Padding | Pad Length, padded to the cipher block size
  * (AEAD: no padding needed; we send none). Receivers accept any padding length.
  */
-import { createCipheriv, createDecipheriv, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { createCipheriv, createDecipheriv, createHmac, timingSafeEqual } from "node:crypto";
 import { EncrId } from "../wire/constants.js";
 import { IkeIntegrityError } from "../wire/errors.js";
 import type { SkCipher } from "../wire/message.js";
 import { encrParams, integParams } from "./algorithms.js";
+import { randomPublic } from "./random.js";
 import type { IkeSaKeys } from "./prf.js";
 
 /** Algorithms protecting SK payloads (from the chosen IKE proposal). */
@@ -53,7 +54,7 @@ function unpad(padded: Buffer): Buffer {
  */
 export function createSkCipher(alg: SkAlgorithms, encKey: Buffer, integKey: Buffer, opts: SkCipherOptions = {}): SkCipher {
   const ep = encrParams(alg.encr, alg.encrKeyBits);
-  const newIv = opts.iv ?? ((n: number) => randomBytes(n));
+  const newIv = opts.iv ?? ((n: number) => randomPublic(n));
   if (encKey.length !== ep.keyLength + ep.saltLength) throw new RangeError(`SK_e must be ${ep.keyLength + ep.saltLength} octets`);
   // One copy of its own (not from the shared Buffer pool: it lives as long as the SA).
   const own = Buffer.allocUnsafeSlow(encKey.length);

@@ -8,7 +8,6 @@
  * UDP 4500 relay in the daemon, a fake network in exchange tests) and a DataplaneApi.
  */
 import { EventEmitter } from "node:events";
-import { randomBytes } from "node:crypto";
 import { isIP } from "node:net";
 import { ConfigError, createLogger, type Logger } from "@fleetswan/common";
 import { dataplane, fleet, ikeagent } from "@fleetswan/proto";
@@ -21,6 +20,7 @@ import type { EngineCore } from "./context.js";
 import type { DataplaneApi } from "./dataplane.js";
 import { IkeFailure, Reason } from "./failure.js";
 import { CookieJar } from "./keymat.js";
+import { randomPublic } from "../crypto/random.js";
 import { createEngineMetrics, type EngineMetrics } from "./metrics.js";
 import { ChildSa, IkeSa, type Endpoint } from "./sa.js";
 import { DEFAULT_RETRANSMIT, TaskManager, type Response, type RetransmitConfig, type Task, type TaskManagerHost } from "./task-manager.js";
@@ -136,7 +136,7 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
   }
   newSpi(): Buffer {
     let spi: Buffer;
-    do spi = randomBytes(8);
+    do spi = randomPublic(8, true);
     while (spi.equals(ZERO_SPI) || this.#sas.has(hex(spi)));
     return spi;
   }

@@ -5,6 +5,7 @@
  */
 import { deriveChildKeys, deriveIkeKeys, prf, rekeySkeyseed, skeyseed, type ChildSaKeys, type IkeSaKeys } from "../crypto/prf.js";
 import { ikeSaCiphers } from "../crypto/sk.js";
+import { pskAuthData } from "../crypto/auth.js";
 import type { NegotiatedAlgorithms } from "../proposal.js";
 import type { SkCipher } from "../wire/index.js";
 
@@ -58,7 +59,7 @@ export class Keymat {
 
   /** RFC 7296 §2.15: AUTH = prf( prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>). */
   pskAuth(psk: Buffer, octets: Buffer): Buffer {
-    return prf(this.alg.prf, prf(this.alg.prf, psk, Buffer.from("Key Pad for IKEv2")), octets);
+    return pskAuthData(this.alg.prf, psk, octets);
   }
 
   /**

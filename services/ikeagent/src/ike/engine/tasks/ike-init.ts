@@ -10,6 +10,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { createKeyExchange } from "../../crypto/dh.js";
+import { randomPublic } from "../../crypto/random.js";
 import { LOCAL_SIGNATURE_HASHES, certReqHash, decodeSignatureHashAlgorithms, encodeSignatureHashAlgorithms } from "../../crypto/auth.js";
 import { algorithmsOf, formatProposal, formatProposals, formatSelectionReport, selectProposal } from "../../proposal.js";
 import { fleet } from "@fleetswan/proto";
@@ -240,7 +241,7 @@ export function respondIkeInit(core: EngineCore & { cookieRequired(): boolean },
   sa.conn = matching[0];
   sa.alg = alg;
   sa.ni = Buffer.from(ni.nonce);
-  sa.nr = randomBytes(32);
+  sa.nr = randomPublic(32);
   sa.keymat = Keymat.initial(alg, shared, sa.ni, sa.nr, sa.spiI, sa.spiR, false);
   shared.fill(0);
   sa.initRequest = msg.raw;
