@@ -109,7 +109,7 @@ async function main(argv: string[]): Promise<number> {
         return 0;
       }
       const { stopLabPrometheus } = await import("./prometheus.js");
-      await stopLabPrometheus(lab.c);
+      await stopLabPrometheus(lab.c, { removeData: true });
       await lab.down(step);
       step(`lab "${lab.c.instance}" is down (logs kept in ${join(stateDir, "logs")})`);
       return 0;

@@ -250,8 +250,12 @@ export async function startLabPrometheus(c: LabConfig, o: LabPrometheusOptions =
   return p;
 }
 
-/** Stop the lab's Prometheus, if one runs (idempotent; keeps its log). */
-export async function stopLabPrometheus(c: LabConfig): Promise<void> {
+/**
+ * Stop the lab's Prometheus, if one runs (idempotent; keeps its log). removeData: also
+ * delete its config and TSDB (as `down` removes the rest of the state dir).
+ */
+export async function stopLabPrometheus(c: LabConfig, o: { removeData?: boolean } = {}): Promise<void> {
   const pid = readPid(pidFile(c, PROMETHEUS_DAEMON));
   if (isAlive(pid)) await stopPid(pid, 5000);
+  if (o.removeData) rmrf(prometheusDir(c));
 }

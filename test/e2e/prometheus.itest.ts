@@ -140,7 +140,7 @@ describe('e2e Prometheus: a real Prometheus scrapes the lab; dashboard and alert
       if (prom) process.stderr.write(`# kept: lab e2eprom, prometheus ${prom.url}\n`);
       return;
     }
-    if (prom) await prom.stop();
+    if (lab) await stopLabPrometheus(lab.c, { removeData: true });
     if (lab) await lab.down();
   });
 
