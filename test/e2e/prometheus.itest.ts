@@ -300,6 +300,17 @@ describe('e2e Prometheus: a real Prometheus scrapes the lab; dashboard and alert
     }
     process.stderr.write(`${table(rows).replace(/^/gm, '# ')}\n${table(emptyRows).replace(/^/gm, '# ')}\n`);
     assert.deepEqual(problems, []);
+    // the throughput panels show the pings: packets counted through every tunnel at both fleet ends
+    const silent: string[] = [];
+    for (const t of lab.tunnels) {
+      for (const g of [t.a, t.b].filter((x) => x.kind === 'fleetswan')) {
+        for (const m of ['fleetswan_dataplane_sa_packets_total', 'fleetswan_child_sa_packets']) {
+          const v = await prom.vector(`sum(rate(${m}{instance=~"${g.mgmtAddr}:.*", connection="${t.name}"}[${RATE_INTERVAL}]))`);
+          if (!(Number(v[0]?.value[1]) > 0)) silent.push(`${m} ${t.name} on ${g.name}: ${show(v)}`);
+        }
+      }
+    }
+    assert.deepEqual(silent, [], `pings went through every tunnel for 40 s, yet these counted no packets in ${RATE_INTERVAL}`);
     // and the dashboard's $host variable: label_values(fleetswan_agent_nats_connected, instance) with its regex
     const inst = (await prom.vector('fleetswan_agent_nats_connected')).map((s) => s.metric.instance!.replace(/^([^:]+):\d+$/, '$1')).sort();
     assert.deepEqual(inst, hosts().map((h) => h.host).sort(), 'the $host variable lists every fleet gateway');
