@@ -39,5 +39,11 @@ export interface DataplaneApi {
   watchEvents(fn: (e: dataplane.Event) => void): () => void;
   /** Opens the UDP 4500 relay (one at a time). */
   openRelay(): IkeRelay;
+  /**
+   * Runs `fn` when the dataplane is reachable again after its streams broke (it may have
+   * restarted and lost SAs or policies); returns an unsubscribe function. Optional: an
+   * in-process dataplane never goes away.
+   */
+  onReconnect?(fn: () => void): () => void;
   close(): void;
 }
