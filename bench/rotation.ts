@@ -9,11 +9,11 @@
  * one still valid).
  *
  *   npx tsc -b services/keymgr services/ikeagent test && npx tsc -p bench/rotation.tsconfig.json
- *   node bench/dist/rotation.js [N ...]        (default: 100 1000)
+ *   node bench/dist/rotation.js [--runs R] [N ...]        (default: 100 1000, 1 run)
  */
 import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { fileURLToPath } from "node:url";
@@ -70,6 +70,20 @@ async function worker(): Promise<void> {
   });
 }
 
+/** CPU seconds (user + system) of the nats-server whose command line names `configFile`. */
+function natsCpu(configFile: string): number {
+  for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+    try {
+      if (!readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(configFile)) continue;
+      const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+      return (Number(f[11]) + Number(f[12])) / 100;
+    } catch {
+      /* gone */
+    }
+  }
+  return NaN;
+}
+
 const pct = (sorted: number[], p: number): number => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 
 async function run(n: number): Promise<void> {
@@ -121,16 +135,21 @@ async function run(n: number): Promise<void> {
     await until("agents hold the secret", () => ready.size === n, 120_000);
     const tDistribute = Date.now() - tg;
 
+    const cpu0 = process.cpuUsage();
+    const ncpu0 = natsCpu(nats.configFile);
     const start = Date.now();
     await client.rotateSecret(SECRET, 600);
     const rpc = Date.now() - start;
     await until("agents hold the rotated secret", () => rotatedAt.size === n, 120_000);
+    const cpu = process.cpuUsage(cpu0);
+    const ncpu = natsCpu(nats.configFile) - ncpu0;
     const lat = [...rotatedAt.values()].map((t) => t - start).sort((a, b) => a - b);
     console.log(
       `rotation  agents=${String(n).padStart(5)}  keymgr RotateSecret (seal+publish ${n} blobs)=${rpc} ms  ` +
         `applied by all: p50=${pct(lat, 50)} ms p99=${pct(lat, 99)} ms max=${lat.at(-1)} ms   ` +
         `(setup: ${n} enrollments ${tEnrolled} ms, first distribution ${tDistribute} ms)`,
     );
+    console.log(`          CPU until the last agent applied it: bench process (keymgr + agents) ${((cpu.user + cpu.system) / 1e6).toFixed(2)} s, nats-server ${ncpu.toFixed(2)} s; load average ${loadavg()[0]!.toFixed(1)}`);
     for (const w of workers) w.postMessage("stop");
     await until("workers stopped", () => stopped === WORKERS, 60_000).catch(() => undefined);
     for (const w of workers) await w.terminate();
@@ -143,8 +162,11 @@ async function run(n: number): Promise<void> {
 }
 
 if (isMainThread) {
-  const sizes = process.argv.slice(2).map(Number).filter((x) => x > 0);
-  for (const n of sizes.length ? sizes : [100, 1000]) await run(n);
+  const args = process.argv.slice(2);
+  const ri = args.indexOf("--runs");
+  const runs = ri >= 0 ? Number(args.splice(ri, 2)[1]) : 1;
+  const sizes = args.map(Number).filter((x) => x > 0);
+  for (const n of sizes.length ? sizes : [100, 1000]) for (let i = 0; i < runs; i++) await run(n);
   process.exit(0);
 } else {
   await worker();

@@ -708,11 +708,11 @@ export class Controller {
   /**
    * Write views whose bytes changed. Compare-and-set per key, and never replace a view
    * rendered from a newer revision: concurrent replicas cannot go backwards.
-   * Fast path: every view whose current KV revision the watch cache knows is published
-   * in one batch (#publishBatch: plain publishes with an expected-last-subject-sequence
-   * header, acks collected on one inbox subscription); only views without a cache entry
-   * and batch writes that failed (sequence mismatch, timeout, no responders) go through
-   * the per-view path below, which reads the key first.
+   * Fast path: every view is published in one batch with the KV revision the watch cache
+   * knows as expected last sequence (#publishBatch: plain publishes with a header, acks
+   * collected on one inbox subscription); only batch writes that failed (sequence
+   * mismatch, timeout, no responders) go through the per-view path below, which reads
+   * the key first.
    */
   async #writeViews(views: Map<string, fleet.GatewayView>, removed: string[], revision: number): Promise<void> {
     const slow: fleet.GatewayView[] = [];
@@ -720,7 +720,9 @@ export class Controller {
     for (const view of views.values()) {
       const bytes = fleet.GatewayView.encode(view).finish();
       const cached = this.#viewCache.get(view.gateway);
-      if (!cached) { slow.push(view); continue; }
+      // No cache entry (the watch holds the whole bucket): a new key, written with expected
+      // sequence 0; a deleted one fails that and takes the per-view path.
+      if (!cached) { batch.push({ view, key: view.gateway, bytes, expect: 0 }); continue; }
       if (Buffer.from(cached.value).equals(Buffer.from(bytes))) { this.#m.viewWrites.inc({ result: "unchanged" }); continue; }
       if (viewRevisionOf(cached) > view.revision) { this.#m.viewWrites.inc({ result: "superseded" }); continue; }
       batch.push({ view, key: view.gateway, bytes, expect: cached.revision });
