@@ -25,6 +25,9 @@ import type { IkeSa } from "../sa.js";
 import { notify, type Response, type Task } from "../task-manager.js";
 import { IkeDelete } from "./ike-delete.js";
 
+/** How long the winner of a collision waits for the peer to delete its redundant IKE SA. */
+export const REDUNDANT_WAIT_MS = 5000;
+
 const lowest = (xs: Buffer[]): Buffer => xs.reduce((a, b) => (Buffer.compare(a, b) <= 0 ? a : b));
 
 /** Copies what a rekeyed IKE SA inherits and moves the CHILD SAs to it. */
@@ -131,12 +134,46 @@ export class IkeRekey implements Task {
       this.core.log.info({ conn: conn.name }, "IKE SA rekey collision (§2.8.1): the peer's new IKE SA is redundant, the peer deletes it");
       moveChildren(collision.sa, fresh);
       collision.sa.replacedBy = fresh;
+      // The redundant SA gets no rekey or liveness checks of its own.
+      collision.sa.clearTimers();
+      moveChildren(sa, fresh);
+      sa.replacedBy = fresh;
+      this.core.ikeEstablished(fresh, sa);
+      this.#deleteOldAfterRedundant(sa, collision.sa, fresh);
+      return "done";
     }
     moveChildren(sa, fresh);
     sa.replacedBy = fresh;
     this.core.ikeEstablished(fresh, sa);
     sa.tm.queue(new IkeDelete(this.core, { keepChildren: true, noRestart: true }), true);
     return "done";
+  }
+
+  /**
+   * We won a collision: delete the old IKE SA only once the peer has deleted its redundant
+   * one (as strongSwan does: "waiting for delete for redundant IKE_SA"). Deleting the old SA
+   * first races with the peer still processing our answer to its rekey: strongSwan then
+   * decides we "did not notice the collision", drops its new SA without a delete, and ours
+   * of it lingers (and later times out rekeying). If the peer has not deleted it within
+   * REDUNDANT_WAIT_MS we delete both ourselves.
+   */
+  #deleteOldAfterRedundant(old: IkeSa, redundant: IkeSa, survivor: IkeSa): void {
+    const deleteOld = (): void => {
+      clearInterval(poll);
+      clearTimeout(deadline);
+      if (old.state !== "destroyed") old.tm.queue(new IkeDelete(this.core, { keepChildren: true, noRestart: true }), true);
+    };
+    const poll = setInterval(() => redundant.state === "destroyed" && deleteOld(), 50);
+    const deadline = setTimeout(() => {
+      if (redundant.state !== "destroyed") {
+        this.core.log.info({ conn: old.name, sa: redundant.uniqueId }, "IKE SA rekey collision: the peer did not delete its redundant IKE SA; deleting it");
+        redundant.tm.queue(new IkeDelete(this.core, { noRestart: true }));
+      }
+      deleteOld();
+    }, REDUNDANT_WAIT_MS);
+    poll.unref?.();
+    deadline.unref?.();
+    survivor.timers.push(poll, deadline);
   }
 
   /** Our rekey did not happen but the peer's did: the old SA waits for the peer's delete. */
