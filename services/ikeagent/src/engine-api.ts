@@ -56,6 +56,8 @@ export interface Engine extends EventEmitter {
   unroute(cmd: ikeagent.ConnectionCommand): Promise<ikeagent.CommandResult>;
   listSas(req: ikeagent.ListSasRequest): ikeagent.ListSasResponse;
   listConnections(): ikeagent.ListConnectionsResponse;
+  /** Connections whose policies were found missing in the dataplane (status is not "up" for them). */
+  policiesMissing?(): ReadonlySet<string>;
   /** Redacted diagnostics (view JSON, SAs, dataplane listings, recent logs, metrics). */
   diagnostics(req: ikeagent.GetDiagnosticsRequest): Promise<ikeagent.Diagnostics>;
   /** Stop: with keepSas the kernel SAs stay (agent restart must not drop traffic). */

@@ -235,6 +235,8 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
   const buildStatus = (): fleet.AgentStatus => {
     const conns = engine.listConnections().connections;
     const sas = engine.listSas({ connection: "" }).ikeSas;
+    const missing = engine.policiesMissing?.() ?? new Set<string>();
+    const hasChild = (name: string): boolean => sas.some((s) => s.name === name && s.children.some((ch) => ch.state === ikeagent.ChildSaState.CHILD_SA_STATE_INSTALLED || ch.state === ikeagent.ChildSaState.CHILD_SA_STATE_REKEYING));
     return fleet.AgentStatus.fromPartial({
       gateway,
       time: new Date(),
@@ -246,7 +248,8 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
       connections: conns.map((c) =>
         fleet.ConnectionStatus.fromPartial({
           name: c.name,
-          state: c.established > 0 ? "up" : c.routed ? "routed" : "down",
+          // "up" only with an installed CHILD SA whose policies are in the dataplane: an IKE SA alone carries no traffic.
+          state: c.established > 0 ? (!hasChild(c.name) ? "connecting" : missing.has(c.name) ? "degraded" : "up") : c.routed ? "routed" : "down",
           childSas: sas.filter((s) => s.name === c.name).reduce((n, s) => n + s.children.length, 0),
           lastErrorCode: c.lastErrorCode,
           lastError: c.lastError,

@@ -371,7 +371,8 @@ export async function installChild(core: EngineCore, sa: IkeSa, child: ChildSa, 
 
 /** Policies out (local -> remote), in and fwd (remote -> local; fwd only in tunnel mode), action PROTECT. */
 async function installPolicies(core: EngineCore, sa: IkeSa, child: ChildSa): Promise<void> {
-  for (const p of policiesFor(child.conn, child.localTs, child.remoteTs, sa.local.address, sa.remote.address, child.mode, dataplane.PolicyAction.POLICY_ACTION_PROTECT)) await core.dp.addPolicy(p);
+  // Owned by the connection, referenced by this CHILD SA (policies.ts): a superseded CHILD SA's removal never takes them away.
+  await core.policies.acquire(child.id, policiesFor(child.conn, child.localTs, child.remoteTs, sa.local.address, sa.remote.address, child.mode, dataplane.PolicyAction.POLICY_ACTION_PROTECT));
 }
 
 export function policiesFor(conn: ConnRuntime, localTs: Ts[], remoteTs: Ts[], localAddr: string, remoteAddr: string, mode: "tunnel" | "transport", action: dataplane.PolicyAction, outOnly = false): dataplane.Policy[] {
@@ -393,19 +394,20 @@ export function policiesFor(conn: ConnRuntime, localTs: Ts[], remoteTs: Ts[], lo
 }
 
 /**
- * Removes a CHILD SA's SAs. Policies stay while another installed CHILD SA of the
- * connection uses them (a rekey); otherwise they are removed, or turned back into trap
- * policies when the connection is routed.
+ * Removes a CHILD SA's SAs and drops its references on the connection's policies: they stay
+ * while another CHILD SA of the connection holds them (a rekey, a duplicate IKE SA);
+ * otherwise they are removed, or turned back into trap policies when the connection is routed.
  */
-export async function uninstallChild(core: EngineCore, sa: IkeSa, child: ChildSa, routed: boolean, othersInstalled: boolean): Promise<void> {
+export async function uninstallChild(core: EngineCore, sa: IkeSa, child: ChildSa, routed: boolean): Promise<void> {
   if (child.removed) return;
   child.removed = true;
-  await core.dp.deleteSa({ dst: sa.local.address, spi: child.spiIn, protocol: 50 }, sa.remote.address);
-  if (child.outboundInstalled) await core.dp.deleteSa({ dst: sa.remote.address, spi: child.spiOut, protocol: 50 }, sa.local.address);
-  if (othersInstalled || !child.localTs.length) return;
-  const pols = policiesFor(child.conn, child.localTs, child.remoteTs, sa.local.address, sa.remote.address, child.mode, dataplane.PolicyAction.POLICY_ACTION_PROTECT);
-  for (const p of pols) {
-    if (routed && p.direction === dataplane.Direction.DIRECTION_OUT) await core.dp.addPolicy({ ...p, action: dataplane.PolicyAction.POLICY_ACTION_TRAP });
-    else await core.dp.deletePolicy(p.selector!, p.direction, p.mark);
+  try {
+    await core.dp.deleteSa({ dst: sa.local.address, spi: child.spiIn, protocol: 50 }, sa.remote.address);
+    if (child.outboundInstalled) await core.dp.deleteSa({ dst: sa.remote.address, spi: child.spiOut, protocol: 50 }, sa.local.address);
+  } finally {
+    if (child.localTs.length) {
+      const pols = policiesFor(child.conn, child.localTs, child.remoteTs, sa.local.address, sa.remote.address, child.mode, dataplane.PolicyAction.POLICY_ACTION_PROTECT);
+      await core.policies.release(child.id, pols, routed ? (p) => (p.direction === dataplane.Direction.DIRECTION_OUT ? { ...p, action: dataplane.PolicyAction.POLICY_ACTION_TRAP } : undefined) : undefined);
+    }
   }
 }

@@ -11,12 +11,15 @@ import type { Task } from "./task-manager.js";
 import type { IkeFailure } from "./failure.js";
 import type { EngineMetrics } from "./metrics.js";
 import type { CookieJar } from "./keymat.js";
+import type { PolicyTable } from "./policies.js";
 
 export interface EngineCore {
   readonly log: Logger;
   readonly dp: DataplaneApi;
   readonly metrics: EngineMetrics;
   readonly cookies: CookieJar;
+  /** The connections' policies, reference-counted by their CHILD SAs. */
+  readonly policies: PolicyTable;
   /** All connections, in configuration order. */
   connections(): ConnRuntime[];
   /** Trusted CA certificates (PEM) from the config. */

@@ -22,6 +22,7 @@ import { IkeFailure, Reason } from "./failure.js";
 import { CookieJar } from "./keymat.js";
 import { randomPublic } from "../crypto/random.js";
 import { createEngineMetrics, type EngineMetrics } from "./metrics.js";
+import { PolicyTable } from "./policies.js";
 import { ChildSa, IkeSa, type Endpoint } from "./sa.js";
 import { DEFAULT_RETRANSMIT, TaskManager, type Response, type RetransmitConfig, type Task, type TaskManagerHost } from "./task-manager.js";
 import { hostTs, tsToString, type Ts } from "./ts.js";
@@ -70,12 +71,19 @@ interface ConnState {
 
 const hex = (b: Buffer): string => b.toString("hex");
 const ZERO_SPI = Buffer.alloc(8);
+/**
+ * Two IKE SAs of one connection and peer, one initiated by each end, count as duplicates of
+ * a simultaneous initiation when the second handshake started no later than this after the
+ * first was established (a retransmitted IKE_SA_INIT arrives after ours completed).
+ */
+export const DUPLICATE_WINDOW_MS = 10_000;
 
 export class IkeEngine extends EventEmitter implements Engine, EngineCore {
   readonly log: Logger;
   readonly dp: DataplaneApi;
   readonly metrics: EngineMetrics;
   readonly cookies = new CookieJar();
+  readonly policies: PolicyTable;
   readonly #transport: Transport;
   readonly #retransmit: RetransmitConfig;
   readonly #opts: EngineOptions;
@@ -115,6 +123,7 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
       respond: (s, exchange, ps, msg) => this.#respond(s, exchange, ps, msg),
       onRetransmit: (_s, task) => this.metrics.retransmissions.inc({ exchange: nameOf(ExchangeType, task.exchange) }),
     };
+    this.policies = new PolicyTable(this.dp, this.log);
     this.#unwatch = this.dp.watchEvents((e) => void this.#onDataplaneEvent(e));
     this.#cookieRotate = setInterval(() => this.cookies.rotate(), 120_000);
     this.#cookieRotate.unref?.();
@@ -166,6 +175,7 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
 
   ikeEstablished(sa: IkeSa, old?: IkeSa): void {
     const conn = sa.conn!;
+    if (!old && sa.ni.length && sa.nr.length) sa.initNonces = [sa.ni, sa.nr];
     sa.state = "established";
     sa.establishedAt = new Date();
     this.#dropHalfOpen(sa);
@@ -182,11 +192,13 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
       this.event("rekey", conn.name, `IKE SA #${old.uniqueId} rekeyed to #${sa.uniqueId} (SPIs ${hex(sa.spiI)}_i ${hex(sa.spiR)}_r)`);
     } else {
       this.event("ike_up", conn.name, `IKE SA #${sa.uniqueId} established with ${sa.remote.address} ('${sa.remoteIdText}'): ${this.#ikeAlgText(sa)}`);
+      // Both ends initiated at once: the duplicate goes by a rule both ends compute alike (see #duplicateOf).
+      const dup = this.#duplicateOf(sa, peers);
       // §2.4 INITIAL_CONTACT / uniqueids: an older IKE SA with the same peer identity goes.
       // (Without either, SAs of one identity may pile up: do not look at them at all.)
       const replace = sa.initialContact || (conn.uniqueIds && !sa.initiator);
       if (replace) for (const other of peers) {
-        if (other === sa || other.conn?.name !== conn.name || other.remoteIdText !== sa.remoteIdText || other.state !== "established") continue;
+        if (other === sa || other === dup || other.conn?.name !== conn.name || other.remoteIdText !== sa.remoteIdText || other.state !== "established") continue;
         if (sa.initialContact) {
           this.log.info({ conn: conn.name, old: other.uniqueId }, "peer sent INITIAL_CONTACT: deleting the old IKE SA without notice");
           void this.destroyIkeSa(other, undefined, { noRestart: true });
@@ -197,6 +209,40 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
       }
     }
     this.#scheduleIke(sa);
+  }
+
+  /**
+   * Simultaneous initiation (both ends start the connection): RFC 7296 has no collision rule
+   * for IKE_SA_INIT, so two IKE SAs (each with a CHILD SA) come up, one initiated by each end.
+   * Rule, as §2.8.1 has for rekeys: of the two IKE_SA_INIT exchanges' four nonces, the SA
+   * whose exchange has the lowest nonce is the duplicate, deleted by its initiator (with its
+   * CHILD SA; the connection's policies stay, held by the other CHILD SA); the other end
+   * waits for that delete. Both ends compute the same answer. Applies when the other SA was
+   * initiated by the other end and established at most DUPLICATE_WINDOW_MS before this one's
+   * handshake started; uniqueids and INITIAL_CONTACT then leave the pair alone (they would
+   * delete whichever SA came second on each end: both SAs, or the one the peer keeps).
+   */
+  #duplicateOf(sa: IkeSa, peers: Set<IkeSa>): IkeSa | undefined {
+    if (!sa.initNonces) return undefined;
+    for (const other of peers) {
+      if (other === sa || other.state !== "established" || other.initiator === sa.initiator || other.replacedBy || !other.initNonces) continue;
+      if (other.conn?.name !== sa.conn?.name || other.remoteIdText !== sa.remoteIdText) continue;
+      if (!other.establishedAt || other.establishedAt.getTime() < sa.startedAt - DUPLICATE_WINDOW_MS) continue;
+      const all = [...sa.initNonces, ...other.initNonces];
+      const min = all.reduce((a, b) => (Buffer.compare(a, b) <= 0 ? a : b));
+      const loser = sa.initNonces.some((n) => n.equals(min)) ? sa : other;
+      const keep = loser === sa ? other : sa;
+      if (loser.initiator) {
+        this.log.info({ conn: sa.name, duplicate: loser.uniqueId, kept: keep.uniqueId }, `both ends initiated: IKE SA #${loser.uniqueId} has the lowest nonce, deleting it (keeping #${keep.uniqueId})`);
+        loser.duplicateOf = keep;
+        loser.tm.queue(new IkeDelete(this, { noRestart: true }));
+      } else {
+        this.log.info({ conn: sa.name, duplicate: loser.uniqueId, kept: keep.uniqueId }, `both ends initiated: IKE SA #${loser.uniqueId} has the lowest nonce, the peer deletes it (keeping #${keep.uniqueId})`);
+        loser.duplicateOf = keep;
+      }
+      return other;
+    }
+    return undefined;
   }
 
   #dropHalfOpen(sa: IkeSa): void {
@@ -284,9 +330,8 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     child.clearTimers();
     const wasUp = child.state !== "destroyed";
     child.state = "destroyed";
-    const others = [...this.#sas.values()].some((s) => [...s.children.values()].some((c) => c !== child && c.conn.name === child.conn.name && !c.removed));
     try {
-      await uninstallChild(this, owner, child, this.#routed.has(child.conn.name), others);
+      await uninstallChild(this, owner, child, this.#routed.has(child.conn.name));
     } catch (err) {
       this.log.error({ err: (err as Error).message, conn: child.conn.name, child: child.id }, "removing CHILD SA from the dataplane failed");
     }
@@ -312,7 +357,7 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     }
     sa.keymat?.wipe();
     const conn = sa.conn;
-    if (conn && wasEstablished && !sa.replacedBy) this.event("ike_down", conn.name, `IKE SA #${sa.uniqueId} with ${sa.remote.address} deleted${reason ? `: ${reason.message}` : ""}`, reason?.reason);
+    if (conn && wasEstablished && !sa.replacedBy && !sa.duplicateOf) this.event("ike_down", conn.name, `IKE SA #${sa.uniqueId} with ${sa.remote.address} deleted${reason ? `: ${reason.message}` : ""}`, reason?.reason);
     this.#changed();
     if (!conn || !reason || opts.noRestart || this.#stopped || !this.#conns.has(conn.name)) return;
     if (reason.reason === Reason.PEER_DEAD) {
@@ -673,7 +718,7 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
       const lts = conn.localTs.length ? conn.localTs : [hostTs(local)];
       const rts = conn.remoteTs.length ? conn.remoteTs : [hostTs(remote)];
       try {
-        for (const p of policiesFor(conn, lts, rts, local, remote, conn.transport ? "transport" : "tunnel", dataplane.PolicyAction.POLICY_ACTION_TRAP, true)) await this.dp.addPolicy(p);
+        await this.policies.setTrap(policiesFor(conn, lts, rts, local, remote, conn.transport ? "transport" : "tunnel", dataplane.PolicyAction.POLICY_ACTION_TRAP, true));
       } catch (err) {
         return { ok: false, code: Reason.DATAPLANE_ERROR, message: `installing trap policies for ${conn.name} failed: ${(err as Error).message}` };
       }
@@ -689,12 +734,11 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     const hasChild = this.#sasOf(conn.name).some((s) => [...s.children.values()].some((c) => !c.removed));
     const remote = conn.remoteAddrs.find((a) => a !== "%any");
     const local = this.#localAddressFor(conn);
-    if (!hasChild && remote && local) {
+    void hasChild; // a CHILD SA's policies stay: clearTrap only changes what remains once it goes
+    if (remote && local) {
       const lts = conn.localTs.length ? conn.localTs : [hostTs(local)];
       const rts = conn.remoteTs.length ? conn.remoteTs : [hostTs(remote)];
-      for (const p of policiesFor(conn, lts, rts, local, remote, conn.transport ? "transport" : "tunnel", dataplane.PolicyAction.POLICY_ACTION_TRAP, true)) {
-        await this.dp.deletePolicy(p.selector!, p.direction, p.mark).catch((err) => this.log.warn({ err: (err as Error).message }, "removing trap policy failed"));
-      }
+      await this.policies.clearTrap(policiesFor(conn, lts, rts, local, remote, conn.transport ? "transport" : "tunnel", dataplane.PolicyAction.POLICY_ACTION_TRAP, true)).catch((err) => this.log.warn({ err: (err as Error).message }, "removing trap policy failed"));
     }
     this.#changed();
     return { ok: true, code: "", message: `${conn.name} unrouted` };
@@ -732,6 +776,8 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     } catch (err) {
       this.log.debug({ err: (err as Error).message }, "reading dataplane counters failed");
     }
+    // The connections' policies are re-asserted: whatever removed them, they come back within one interval.
+    await this.policies.reassert().catch((err) => this.log.debug({ err: (err as Error).message }, "checking dataplane policies failed"));
   }
 
   listSas(req: ikeagent.ListSasRequest): ikeagent.ListSasResponse {
@@ -786,6 +832,10 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
       });
     }
     return { ikeSas: out };
+  }
+
+  policiesMissing(): ReadonlySet<string> {
+    return this.policies.missing;
   }
 
   listConnections(): ikeagent.ListConnectionsResponse {

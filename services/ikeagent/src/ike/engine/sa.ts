@@ -110,6 +110,10 @@ export class IkeSa {
   chain: Promise<void> = Promise.resolve();
   /** Signature scheme hash algorithms the peer supports (RFC 7427 §4). */
   peerHashes: number[] = [];
+  /** Ni and Nr of the IKE_SA_INIT that made this SA (kept after authDone for the duplicate rule, engine.ts #duplicateOf). */
+  initNonces?: [Buffer, Buffer];
+  /** A duplicate of a simultaneous initiation: the IKE SA kept instead of this one. */
+  duplicateOf?: IkeSa;
 
   constructor(
     readonly uniqueId: number,
