@@ -313,3 +313,17 @@ test("soft expire from the dataplane starts a CHILD rekey", async () => {
   assert.notEqual(assertPaired(moon, sun).aIn, before.aIn);
   await stop();
 });
+
+test("dataplane restart: kept state changes nothing; lost state brings policies back and rekeys the CHILD SA on the agent's own", async () => {
+  const { moon, sun, stop } = await pair();
+  await moon.engine.initiate({ connection: "net", wait: true, timeoutMs: 5000 });
+  const before = assertPaired(moon, sun);
+  moon.dp.restart(true);
+  await new Promise((r) => setTimeout(r, 100));
+  assert.deepEqual(assertPaired(moon, sun), before, "state file kept: same SAs, nothing renegotiated");
+  moon.dp.restart(false);
+  await until(() => moon.dp.policies.size === 3 && moon.dp.saList("in").length === 1 && moon.dp.saList("out").length === 1 && sun.dp.saList("in").length === 1 && sun.dp.saList("out").length === 1 && moon.events.some((e) => e.kind === "rekey"), 5000, "policies and SAs back");
+  const after = assertPaired(moon, sun);
+  assert.notEqual(after.aIn, before.aIn, "new CHILD SA negotiated");
+  await stop();
+});

@@ -99,6 +99,20 @@ export class FakeDataplane implements DataplaneApi {
   relayIn(d: RelayDatagram): void {
     this.#relayReceiver?.(d);
   }
+  #reconnect = new Set<() => void>();
+  onReconnect(fn: () => void): () => void {
+    this.#reconnect.add(fn);
+    return () => this.#reconnect.delete(fn);
+  }
+  /** Test hook: the dataplane restarted (losing its SAs and policies unless `keepState`) and the agent reconnected. */
+  restart(keepState = false): void {
+    if (!keepState) {
+      this.sas.clear();
+      this.policies.clear();
+    }
+    this.#call("restart");
+    for (const fn of this.#reconnect) fn();
+  }
   /** SAs of one direction. */
   saList(direction: "in" | "out"): dataplane.SecurityAssociation[] {
     const want = direction === "in" ? dataplane.Direction.DIRECTION_IN : dataplane.Direction.DIRECTION_OUT;

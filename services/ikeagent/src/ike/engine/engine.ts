@@ -125,6 +125,11 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     };
     this.policies = new PolicyTable(this.dp, this.log);
     this.#unwatch = this.dp.watchEvents((e) => void this.#onDataplaneEvent(e));
+    const offReconnect = this.dp.onReconnect?.(() => void this.resync());
+    if (offReconnect) {
+      const unwatch = this.#unwatch;
+      this.#unwatch = () => (unwatch(), offReconnect());
+    }
     this.#cookieRotate = setInterval(() => this.cookies.rotate(), 120_000);
     this.#cookieRotate.unref?.();
     // The SA gauges are counted when metrics are read, not on every change (that was a
@@ -832,6 +837,37 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
       });
     }
     return { ikeSas: out };
+  }
+
+  /**
+   * The dataplane is back after an outage (it may have restarted): policies missing from it
+   * are installed again; CHILD SAs whose SAs it lost are rekeyed (their keys are not kept
+   * after installation, so new ones are negotiated). A dataplane that kept its state file
+   * has everything: nothing happens then.
+   */
+  async resync(): Promise<void> {
+    if (this.#stopped) return;
+    let present: Set<string>;
+    try {
+      present = new Set((await this.dp.listSas()).filter((s) => s.sa?.id).map((s) => `${s.sa!.id!.dst}/${s.sa!.id!.spi}`));
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, "dataplane resync: listing SAs failed");
+      return;
+    }
+    let rekeys = 0;
+    for (const sa of this.#sas.values()) {
+      if (sa.state !== "established") continue;
+      for (const c of sa.children.values()) {
+        if (c.state !== "installed" || c.removed) continue;
+        const lost = !present.has(`${sa.local.address}/${c.spiIn}`) || (c.outboundInstalled && !present.has(`${sa.remote.address}/${c.spiOut}`));
+        if (!lost) continue;
+        rekeys++;
+        this.log.warn({ conn: c.conn.name, child: c.id }, `dataplane lost the SAs of CHILD SA ${c.conn.name}{${c.id}}: rekeying it`);
+        sa.tm.queue(new ChildRekey(this, c));
+      }
+    }
+    const missing = await this.policies.reassert().catch((err) => (this.log.warn({ err: (err as Error).message }, "dataplane resync: policies"), [] as string[]));
+    this.log.info({ rekeys, connectionsWithMissingPolicies: missing }, "dataplane resync done");
   }
 
   policiesMissing(): ReadonlySet<string> {
