@@ -398,12 +398,19 @@ export function policiesFor(conn: ConnRuntime, localTs: Ts[], remoteTs: Ts[], lo
  * while another CHILD SA of the connection holds them (a rekey, a duplicate IKE SA);
  * otherwise they are removed, or turned back into trap policies when the connection is routed.
  */
-export async function uninstallChild(core: EngineCore, sa: IkeSa, child: ChildSa, routed: boolean): Promise<void> {
+export async function uninstallChild(core: EngineCore, sa: IkeSa, child: ChildSa, routed: boolean, opts: { inboundDelayMs?: number } = {}): Promise<void> {
   if (child.removed) return;
   child.removed = true;
   try {
-    await core.dp.deleteSa({ dst: sa.local.address, spi: child.spiIn, protocol: 50 }, sa.remote.address);
     if (child.outboundInstalled) await core.dp.deleteSa({ dst: sa.remote.address, spi: child.spiOut, protocol: 50 }, sa.local.address);
+    const inbound = { dst: sa.local.address, spi: child.spiIn, protocol: 50 };
+    if (opts.inboundDelayMs) {
+      // A rekeyed SA's inbound half outlives the delete exchange a little: packets the peer
+      // sealed with it just before switching may still be on their way (strongSwan's
+      // delete_rekeyed_delay). Nothing is sent on it any more.
+      const t = setTimeout(() => void core.dp.deleteSa(inbound, sa.remote.address).catch((err) => core.log.warn({ err: (err as Error).message, spi: child.spiIn }, "removing a rekeyed inbound SA failed")), opts.inboundDelayMs);
+      t.unref?.();
+    } else await core.dp.deleteSa(inbound, sa.remote.address);
   } finally {
     if (child.localTs.length) {
       const pols = policiesFor(child.conn, child.localTs, child.remoteTs, sa.local.address, sa.remote.address, child.mode, dataplane.PolicyAction.POLICY_ACTION_PROTECT);

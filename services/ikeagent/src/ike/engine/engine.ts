@@ -57,6 +57,8 @@ export interface EngineOptions {
   fragmentSize?: number;
   /** This host's addresses, for connections without a local address. */
   localAddresses?: () => string[];
+  /** Inbound SA of a rekeyed CHILD SA kept this long after its delete (default REKEYED_INBOUND_DELAY_MS). */
+  rekeyedInboundDelayMs?: number;
   /** Random source in [0,1) for rekey jitter (tests fix it). */
   random?: () => number;
   gateway?: string;
@@ -77,6 +79,8 @@ const ZERO_SPI = Buffer.alloc(8);
  * first was established (a retransmitted IKE_SA_INIT arrives after ours completed).
  */
 export const DUPLICATE_WINDOW_MS = 10_000;
+/** How long the inbound SA of a rekeyed CHILD SA stays after the delete exchange (packets in flight). */
+export const REKEYED_INBOUND_DELAY_MS = 2000;
 
 export class IkeEngine extends EventEmitter implements Engine, EngineCore {
   readonly log: Logger;
@@ -336,7 +340,7 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     const wasUp = child.state !== "destroyed";
     child.state = "destroyed";
     try {
-      await uninstallChild(this, owner, child, this.#routed.has(child.conn.name));
+      await uninstallChild(this, owner, child, this.#routed.has(child.conn.name), next && owner.state !== "destroyed" ? { inboundDelayMs: this.#opts.rekeyedInboundDelayMs ?? REKEYED_INBOUND_DELAY_MS } : {});
     } catch (err) {
       this.log.error({ err: (err as Error).message, conn: child.conn.name, child: child.id }, "removing CHILD SA from the dataplane failed");
     }
