@@ -130,12 +130,29 @@ export interface IperfResult {
   retransmits?: number;
   lostPackets?: number;
   packets?: number;
+  /**
+   * UDP: datagrams the receiving host's kernel dropped because iperf3's socket buffer was
+   * full (RcvbufErrors of the server namespace during the run): lost at the receiver, after
+   * the tunnel delivered them.
+   */
+  receiverBufferDrops?: number;
   raw: unknown;
 }
 
+/** UDP RcvbufErrors of a namespace (/proc/net/snmp). */
+export async function udpRcvbufErrors(ns: string): Promise<number> {
+  const r = await run(inNs(ns, ["cat", "/proc/net/snmp"]), { allowFail: true });
+  const lines = r.stdout.split("\n").filter((l) => l.startsWith("Udp:"));
+  if (lines.length < 2) return 0;
+  const names = lines[0]!.split(/\s+/);
+  const values = lines[1]!.split(/\s+/);
+  return Number(values[names.indexOf("RcvbufErrors")] ?? 0);
+}
+
 /** iperf3 for `seconds` from client ns to server ns (server started and stopped here). */
-export async function iperf3(serverNs: string, clientNs: string, serverAddr: string, o: { seconds?: number; udp?: boolean; bitrate?: string; length?: number; port?: number } = {}): Promise<IperfResult> {
+export async function iperf3(serverNs: string, clientNs: string, serverAddr: string, o: { seconds?: number; udp?: boolean; bitrate?: string; length?: number; port?: number; window?: string } = {}): Promise<IperfResult> {
   const port = String(o.port ?? 5201);
+  const rcvbufBefore = o.udp ? await udpRcvbufErrors(serverNs) : 0;
   const server = spawn("ip", ["netns", "exec", serverNs, "iperf3", "-s", "-1", "-p", port], { stdio: "ignore" });
   try {
     await sleep(300);
@@ -143,6 +160,10 @@ export async function iperf3(serverNs: string, clientNs: string, serverAddr: str
     if (o.udp) argv.push("-u", "-b", o.bitrate ?? "1M");
     else if (o.bitrate) argv.push("-b", o.bitrate);
     if (o.length) argv.push("-l", String(o.length));
+    // -w: socket buffers of both ends (the client passes it to the server); UDP at a steady
+    // rate through a busy 2-vCPU machine overflows the default 208 KiB receive buffer whenever
+    // the iperf3 server is not scheduled for ~200 ms.
+    if (o.window) argv.push("-w", o.window);
     const r = await run(inNs(clientNs, argv), { allowFail: true, timeoutMs: ((o.seconds ?? 3) + 20) * 1000 });
     let j: Record<string, any>;
     try {
@@ -154,7 +175,8 @@ export async function iperf3(serverNs: string, clientNs: string, serverAddr: str
     const end = j.end ?? {};
     if (o.udp) {
       const sum = end.sum ?? {};
-      return { bitsPerSecond: Number(sum.bits_per_second ?? 0), lostPackets: Number(sum.lost_packets ?? 0), packets: Number(sum.packets ?? 0), raw: j };
+      const receiverBufferDrops = (await udpRcvbufErrors(serverNs)) - rcvbufBefore;
+      return { bitsPerSecond: Number(sum.bits_per_second ?? 0), lostPackets: Number(sum.lost_packets ?? 0), packets: Number(sum.packets ?? 0), receiverBufferDrops, raw: j };
     }
     return { bitsPerSecond: Number(end.sum_received?.bits_per_second ?? 0), retransmits: Number(end.sum_sent?.retransmits ?? 0), raw: j };
   } finally {
