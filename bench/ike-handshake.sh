@@ -5,23 +5,27 @@
 #       kernel ESP; routes off; DoS protection off for the one source address), and
 #   (b) the fleetswan responder (`fleetswan ikeagent --dataplane fake`),
 # each in its own fresh process in a network namespace, the generator in another one,
-# interleaved a,b,a,b... so machine noise hits both. Prints a table (every run, then the
-# medians and the ratio) and the memory per established IKE SA with --mem-sas SAs held.
+# interleaved a,b,a,b... so machine noise hits both. Each responder first gets --warmup
+# handshakes that are not measured (node's JIT warms up; charon is unaffected by it, but
+# kernel-libipsec keeps its SAs in a linked list, so every SA held makes charon's next SA
+# install slower: keep -n moderate). Prints a table (every run, then the medians and the
+# ratio) and the memory per established IKE SA with --mem-sas SAs held (no warm-up there).
 #
-# usage: bench/ike-handshake.sh [-n 5000] [-c 64] [--workers 2] [--runs 3] [--mem-sas 10000] [--keep-logs]
+# usage: bench/ike-handshake.sh [-n 4000] [--warmup 1000] [-c 64] [--workers 2] [--runs 3] [--mem-sas 10000] [--keep-logs]
 # Needs root, /usr/lib/ipsec/charon, swanctl and a build (npx tsc -b services/ikeagent packages/cli).
 set -euo pipefail
 
-N=5000 C=64 WORKERS=2 RUNS=3 MEM=10000 KEEP=0
+N=4000 WARMUP=1000 C=64 WORKERS=2 RUNS=3 MEM=10000 KEEP=0
 while [ $# -gt 0 ]; do
   case "$1" in
     -n) N=$2; shift 2 ;;
     -c) C=$2; shift 2 ;;
+    --warmup) WARMUP=$2; shift 2 ;;
     --workers) WORKERS=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --mem-sas) MEM=$2; shift 2 ;;
     --keep-logs) KEEP=1; shift ;;
-    -h|--help) sed -n 2,14p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -40,12 +44,15 @@ D=$(mktemp -d /tmp/ix-ikebench.XXXXXX)
 RESP_PID=""
 
 stop_responder() {
-  if [ -n "$RESP_PID" ] && kill -0 "$RESP_PID" 2>/dev/null; then
-    kill "$RESP_PID" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$RESP_PID" 2>/dev/null || break; sleep 0.1; done
+  # SIGKILL: nothing is measured after a run, and a graceful charon would first send an
+  # INFORMATIONAL delete for each of its thousands of IKE SAs.
+  if [ -n "$RESP_PID" ]; then
     kill -9 "$RESP_PID" 2>/dev/null || true
+    wait "$RESP_PID" 2>/dev/null || true
   fi
   RESP_PID=""
+  # the next responder needs UDP 500 free
+  for _ in $(seq 100); do ip netns exec "$NR" ss -Huln 'sport = :500' 2>/dev/null | grep -q . || break; sleep 0.1; done
 }
 cleanup() {
   stop_responder
@@ -132,7 +139,7 @@ secrets {
 EOF
 
 start_charon() {
-  rm -f "$D/charon/run/charon.pid" "$D/charon/charon.vici"
+  rm -f "$D/charon/run/charon.pid" "$D/charon/charon.vici" "$D/charon/charon.log"
   ip netns exec "$NR" sh -c "mount --bind '$D/charon/run' /run && STRONGSWAN_CONF='$D/charon/strongswan.conf' exec $CHARON" >>"$D/charon/stdout.log" 2>&1 &
   RESP_PID=$!
   for _ in $(seq 100); do [ -S "$D/charon/charon.vici" ] && break; sleep 0.1; done
@@ -167,6 +174,7 @@ connections:
 EOF
 
 start_fleetswan() {
+  : >"$D/fleetswan/agent.log"   # one log per run: "ikeagent running" below must be this run's
   ip netns exec "$NR" node "$FS" ikeagent --config "$D/fleetswan/agent.yaml" --dataplane fake --control-socket "" \
     --metrics-port=-1 --address "$R_ADDR" --log-level info >>"$D/fleetswan/agent.log" 2>&1 &
   RESP_PID=$!
@@ -176,16 +184,21 @@ start_fleetswan() {
 # ------------------------------------------------------------------------ runs --
 RESULTS="$D/results.jsonl"
 : >"$RESULTS"
+warmup() {
+  [ "$WARMUP" -gt 0 ] || return 0
+  ip netns exec "$NI" node "$FS" bench ike "$R_ADDR" -n "$WARMUP" -c "$C" --workers "$WORKERS" --ike "$IKE" --esp "$ESP" \
+    --psk "$PSK" --local "$I_ADDR" --label warmup --json >/dev/null || true
+}
 bench() { # label count settle-ms
   ip netns exec "$NI" node "$FS" bench ike "$R_ADDR" -n "$2" -c "$C" --workers "$WORKERS" --ike "$IKE" --esp "$ESP" \
     --psk "$PSK" --local "$I_ADDR" --pid "$RESP_PID" --settle-ms "$3" --label "$1" --json >>"$RESULTS" || true
   tail -n1 "$RESULTS" | node -e 'const r=JSON.parse(require("fs").readFileSync(0,"utf8"));process.stderr.write(`  ${r.label}: ${r.done}/${r.count} in ${r.seconds.toFixed(2)} s = ${r.rate.toFixed(0)}/s, responder ${r.responder.cpuMsPerHandshake.toFixed(3)} ms CPU/handshake${r.failed?`, ${r.failed} FAILED ${JSON.stringify(r.errors)}`:""}\n`)'
 }
 
-echo "IKEv2 handshakes: $N per run, $C in flight, $WORKERS generator threads, $RUNS runs each, $IKE / $ESP, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "IKEv2 handshakes: $N per run after $WARMUP not measured, $C in flight, $WORKERS generator threads, $RUNS runs each, $IKE / $ESP, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 for r in $(seq "$RUNS"); do
-  start_charon; bench charon "$N" 0; stop_responder
-  start_fleetswan; bench fleetswan "$N" 0; stop_responder
+  start_charon; warmup; bench charon "$N" 0; stop_responder
+  start_fleetswan; warmup; bench fleetswan "$N" 0; stop_responder
 done
 if [ "$MEM" -gt 0 ]; then
   echo "memory: $MEM SAs held" >&2
