@@ -57,9 +57,14 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null || true
 mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts 2>/dev/null
 mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
+# Private /run and /tmp; the host's /tmp stays reachable for the repository when it lives
+# under it (a checkout in /tmp must stay visible to the guest).
 mount -t tmpfs tmpfs /run
-mkdir -p /run/netns /run/lock
+mkdir -p /run/netns /run/lock /run/fs-host-tmp
+mount --bind /tmp /run/fs-host-tmp
+mount -t tmpfs tmpfs /tmp
+R=${shq(repoDir)}
+case "$R" in /tmp/*) mkdir -p "$R" && mount --bind "/run/fs-host-tmp/\${R#/tmp/}" "$R" ;; esac
 mount -t tmpfs tmpfs /lib/modules
 mkdir -p /lib/modules/${kver}
 mount --bind ${UML_MODULES_DIR}/${kver} /lib/modules/${kver}

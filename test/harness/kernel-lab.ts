@@ -74,6 +74,9 @@ export function umlExchangeDir(): string | undefined {
 /** True when running inside a guest started by this module. */
 export const inUmlGuest = (): boolean => process.env.FLEETSWAN_IN_UML === '1';
 
+/** The repository root (test/dist/harness/ -> ../../..). */
+const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url)).replace(/\/$/, '');
+
 const shq = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 
 /** Boot UML, run argv as root inside, power off; resolve with its exit code and output. */
@@ -99,9 +102,15 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null || true
 mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts 2>/dev/null
 mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
+# Private /run and /tmp; the host's /tmp stays reachable for the repository and cwd when
+# they live under it (a CI checkout in /tmp must stay visible to the guest).
 mount -t tmpfs tmpfs /run
-mkdir -p /run/netns /run/lock
+mkdir -p /run/netns /run/lock /run/fs-host-tmp
+mount --bind /tmp /run/fs-host-tmp
+mount -t tmpfs tmpfs /tmp
+for p in ${[REPO_ROOT, cwd].map(shq).join(' ')}; do
+  case "$p" in /tmp/*) mkdir -p "$p" && mount --bind "/run/fs-host-tmp/\${p#/tmp/}" "$p" ;; esac
+done
 mount -t tmpfs tmpfs /lib/modules
 mkdir -p /lib/modules/${kver}
 mount --bind ${UML_MODULES_DIR}/${kver} /lib/modules/${kver}
