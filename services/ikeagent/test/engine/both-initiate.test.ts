@@ -79,3 +79,22 @@ test("policies are reference-counted: removing a superseded CHILD SA while the n
   assert.deepEqual(await t.reassert(), ["net"]);
   assert.equal(dp.policies.size, 2);
 });
+
+test("a dataplane failure while the responder installs the first CHILD SA fails only the CHILD SA: IKE SA kept on both ends, CHILD SA created again", async () => {
+  const net = new FakeNet();
+  const moon = makeNode(net, MOON, 0xc1000001);
+  const sun = makeNode(net, SUN, 0xc2000001);
+  await moon.engine.apply(cfg([conn("net", MOON, SUN, ["10.1.0.0/16"], ["10.2.0.0/16"])]), psk());
+  await sun.engine.apply(cfg([conn("net", SUN, MOON, ["10.2.0.0/16"], ["10.1.0.0/16"])]), psk());
+  const addSa = sun.dp.addSa.bind(sun.dp);
+  let fail = 1;
+  sun.dp.addSa = async (sa) => {
+    if (fail-- > 0) throw new Error("dataplace AddSa failed: deadline exceeded");
+    return addSa(sa);
+  };
+  await moon.engine.initiate({ connection: "net", wait: false, timeoutMs: 0 });
+  await until(() => installedChildren(moon).length === 1 && installedChildren(sun).length === 1, 8000, "CHILD SA on both ends after the retry");
+  for (const n of [moon, sun]) assert.equal(n.engine.listSas({ connection: "" }).ikeSas.length, 1, `${n.address}: the one IKE SA`);
+  assert.ok(!moon.events.some((e) => e.kind === "ike_down"), "the IKE SA never went down");
+  await Promise.all([moon.engine.stop({ keepSas: true }), sun.engine.stop({ keepSas: true })]);
+});

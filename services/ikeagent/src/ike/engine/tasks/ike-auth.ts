@@ -17,6 +17,7 @@ import { identityMatches, identityText, parseIdentity, type ConnRuntime, type Id
 import type { EngineCore } from "../context.js";
 import { IkeFailure, Reason } from "../failure.js";
 import type { IkeSa } from "../sa.js";
+import { ChildCreate } from "./child-create.js";
 import { notify, type Response, type Task } from "../task-manager.js";
 import { fromWire, narrow, tsSize, type Ts } from "../ts.js";
 
@@ -197,6 +198,16 @@ export class IkeAuth implements Task {
       const f = err instanceof IkeFailure ? err : new IkeFailure(Reason.DATAPLANE_ERROR, (err as Error).message);
       await this.core.dp.deleteSa({ dst: sa.local.address, spi: this.#child!.child.spiIn, protocol: 50 }).catch(() => undefined);
       this.core.failed(sa, conn, f);
+      if (f.reason === Reason.TEMPORARY_FAILURE || f.reason === Reason.DATAPLANE_ERROR) {
+        // Transient: the IKE SA stands; try the CHILD SA again shortly with CREATE_CHILD_SA.
+        const delay = 1000 + Math.floor(Math.random() * 2000);
+        this.core.log.info({ conn: conn.name }, `first CHILD SA failed (${f.reason}); creating it again in ${(delay / 1000).toFixed(1)} s`);
+        const t = setTimeout(() => {
+          if (sa.state === "established" && ![...sa.children.values()].some((c) => c.conn === conn && !c.removed)) this.core.queue(sa, new ChildCreate(this.core, conn, this.trigger));
+        }, delay);
+        t.unref?.();
+        sa.timers.push(t);
+      }
     }
     sa.authDone();
     void this.#started;
@@ -268,10 +279,21 @@ export async function respondIkeAuth(core: EngineCore, sa: IkeSa, ps: Payload[])
   const payloads: Payload[] = [idrOut, ...auth];
   let child: import("../sa.js").ChildSa | undefined;
   if (find(ps, PayloadType.SA)) {
-    const r = await respondChild(core, sa, conn, ps, { inIkeAuth: true, nonces: [sa.ni, sa.nr] });
-    payloads.push(...r.payloads);
-    if (r.failure) core.failed(sa, conn, r.failure);
-    child = r.child;
+    try {
+      const r = await respondChild(core, sa, conn, ps, { inIkeAuth: true, nonces: [sa.ni, sa.nr] });
+      payloads.push(...r.payloads);
+      if (r.failure) core.failed(sa, conn, r.failure);
+      child = r.child;
+    } catch (err) {
+      // The IKE SA is established (§1.2: a failed CHILD SA does not fail it); only the CHILD SA
+      // failed, typically a dataplane call that timed out under load. Answering the whole
+      // IKE_AUTH with TEMPORARY_FAILURE (what an exception became before) left this end with an
+      // established IKE SA the initiator had given up on.
+      const f = new IkeFailure(Reason.DATAPLANE_ERROR, `installing the first CHILD SA of ${conn.name} failed: ${(err as Error).message}`);
+      core.log.error({ conn: conn.name, peer: sa.remote.address }, f.message);
+      core.failed(sa, conn, f);
+      payloads.push(notify(NotifyType.TEMPORARY_FAILURE));
+    }
   }
   sa.authDone();
   return {
