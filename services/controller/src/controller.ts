@@ -865,7 +865,11 @@ export class Controller {
       this.#o.log.warn({ subject: msg.subject, claimed: st.gateway }, "status for another gateway ignored");
       return;
     }
-    await this.#status.put(gw, msg.data);
+    // Latest-wins and republished every 10 s by the agent: a plain publish into the KV
+    // subject (JetStream stores it), without waiting for the PubAck. A convergence of
+    // 1,000 gateways sends 1,000 statuses at once; a request per status was the
+    // controller's biggest cost after the apply itself.
+    this.#o.nc.publish(`$KV.${BUCKET.status}.${gw}`, msg.data);
   }
 
   async #onEvent(msg: Msg): Promise<void> {
