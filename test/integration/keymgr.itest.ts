@@ -40,17 +40,23 @@ function lastSecret(e: FakeEngine, ref: string) {
 }
 
 test("keymgr + agents: enrollment, sealing, rotation, restarts", { timeout: 120_000 }, async (t) => {
+  // Teardown in reverse order of setup: agents, keymgr and clients before the server they
+  // talk to (node:test runs after-hooks in registration order).
+  const cleanups: Array<() => unknown> = [];
+  t.after(async () => {
+    for (const fn of cleanups.reverse()) await fn();
+  });
   const nats = await startNats();
-  t.after(() => nats.stop());
+  cleanups.push(() => nats.stop());
   const admin: NatsConnection = await connect({ servers: nats.url });
-  t.after(() => admin.close());
+  cleanups.push(() => admin.close());
   const js = admin.jetstream();
   const views = await js.views.kv("fleet-views");
   const keyring = new MasterKeyring(parseMasterKey(randomBytes(32)));
   const kmNc = await connect({ servers: nats.url, maxReconnectAttempts: -1, reconnectTimeWait: 200 });
   let km = new KeyManager({ nc: kmNc, keyring, log, maintenanceIntervalMs: 200 });
   await km.start();
-  t.after(async () => {
+  cleanups.push(async () => {
     await km.stop();
     await kmNc.close();
   });
@@ -84,7 +90,7 @@ test("keymgr + agents: enrollment, sealing, rotation, restarts", { timeout: 120_
     agents[gw] = { engine, client: c, dir };
     return agents[gw]!;
   };
-  t.after(async () => {
+  cleanups.push(async () => {
     for (const a of Object.values(agents)) await a.client.stop();
   });
   for (const gw of ["gw-a", "gw-b"]) {
