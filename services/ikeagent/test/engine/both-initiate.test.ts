@@ -98,3 +98,27 @@ test("a dataplane failure while the responder installs the first CHILD SA fails 
   assert.ok(!moon.events.some((e) => e.kind === "ike_down"), "the IKE SA never went down");
   await Promise.all([moon.engine.stop({ keepSas: true }), sun.engine.stop({ keepSas: true })]);
 });
+
+for (let round = 0; round < 4; round++) {
+  test(`a peer that restarts seconds after establishing (INITIAL_CONTACT) replaces its stale IKE SA, whatever the nonces say (round ${round})`, async () => {
+    const net = new FakeNet();
+    let moon = makeNode(net, MOON, 0xc1000001);
+    const sun = makeNode(net, SUN, 0xc2000001);
+    const def = conn("net", MOON, SUN, ["10.1.0.0/16"], ["10.2.0.0/16"]);
+    await moon.engine.apply(cfg([def]), psk());
+    await sun.engine.apply(cfg([conn("net", SUN, MOON, ["10.2.0.0/16"], ["10.1.0.0/16"])]), psk());
+    // The IKE SA that goes stale was initiated by the end that does not restart.
+    await sun.engine.initiate({ connection: "net", wait: true, timeoutMs: 5000 });
+    await until(() => installedChildren(moon).length === 1, 5000, "first CHILD SA");
+    // kill -9 of moon's agent, a new one starts at once and initiates (it sends INITIAL_CONTACT).
+    await moon.engine.stop({ keepSas: true });
+    moon = makeNode(net, MOON, 0xc3000001);
+    await moon.engine.apply(cfg([def]), psk());
+    await moon.engine.initiate({ connection: "net", wait: true, timeoutMs: 5000 });
+    await until(() => sun.engine.listSas({ connection: "" }).ikeSas.length === 1 && installedChildren(sun).length === 1, 5000, "the stale IKE SA gone on sun");
+    const [ca, cb] = [installedChildren(moon)[0]!, installedChildren(sun)[0]!];
+    assert.equal(cb.spiOut, ca.spiIn, "sun's CHILD SA is the one the restarted moon has");
+    assert.equal(protectPolicies(sun).length, 3);
+    await Promise.all([moon.engine.stop({ keepSas: true }), sun.engine.stop({ keepSas: true })]);
+  });
+}

@@ -237,6 +237,11 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
       if (other === sa || other.state !== "established" || other.initiator === sa.initiator || other.replacedBy || !other.initNonces) continue;
       if (other.conn?.name !== sa.conn?.name || other.remoteIdText !== sa.remoteIdText) continue;
       if (!other.establishedAt || other.establishedAt.getTime() < sa.startedAt - DUPLICATE_WINDOW_MS) continue;
+      // INITIAL_CONTACT says the peer holds no other IKE SA with us. It is believed unless the
+      // handshakes overlapped here (the other SA completed after this one's IKE_SA_INIT
+      // arrived, so the peer answered it knowing both): a peer that restarted (kill -9 and
+      // back within seconds) must not have its stale SA kept as the "winner".
+      if (sa.initialContact && other.establishedAt.getTime() < sa.startedAt) continue;
       const all = [...sa.initNonces, ...other.initNonces];
       const min = all.reduce((a, b) => (Buffer.compare(a, b) <= 0 ? a : b));
       const loser = sa.initNonces.some((n) => n.equals(min)) ? sa : other;
