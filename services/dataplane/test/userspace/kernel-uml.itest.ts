@@ -11,13 +11,16 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, mkdtempSync, writeFileSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { makeSpec, xfrmCommands, tsharkEspSa, type AlgName } from "./tunnel-config.js";
 import { DRIVER } from "./netlab.js";
 import { addonPath } from "../../src/userspace/native.js";
 
-const UML_RUN = process.env.FS_UML_RUN ?? "/work/shared/peers/uml-run.sh";
-const skip = process.getuid?.() !== 0 ? "needs root" : !existsSync("/usr/bin/linux.uml") ? "user-mode-linux not installed" : !existsSync(UML_RUN) ? `no ${UML_RUN}` : !existsSync(addonPath()) ? "addon not built" : false;
+// The project's kernel-lab harness (test/harness/kernel-lab.ts), loaded from the built test
+// workspace by path: the dataplane package does not depend on the test workspace.
+const KERNEL_LAB = new URL("../../../../../test/dist/harness/kernel-lab.js", import.meta.url);
+type RunInUml = (argv: string[], opts: { mem?: string; timeoutMs?: number }) => Promise<{ code: number; output: string; console: string }>;
+const skip = process.getuid?.() !== 0 ? "needs root" : !existsSync("/usr/bin/linux.uml") ? "user-mode-linux not installed" : !existsSync(addonPath()) ? "addon not built" : false;
 
 const ALGS: AlgName[] = ["aes-gcm-128", "aes-gcm-256", "chacha20-poly1305", "aes-cbc-sha256"];
 
@@ -58,13 +61,14 @@ function guestScript(dir: string): string {
   return lines.join("\n") + "\n";
 }
 
-test("UML: userspace ESP <-> kernel ESP, 4 transforms x {ESP-in-UDP, plain ESP}, tshark decrypts", { skip, timeout: 900_000 }, () => {
+test("UML: userspace ESP <-> kernel ESP, 4 transforms x {ESP-in-UDP, plain ESP}, tshark decrypts", { skip, timeout: 900_000 }, async () => {
+  const { runInUml } = (await import(KERNEL_LAB.href)) as { runInUml: RunInUml };
   const dir = mkdtempSync("/var/tmp/fs-esp-uml-");
   try {
     const script = join(dir, "guest.sh");
     writeFileSync(script, guestScript(dir));
-    const r = spawnSync(UML_RUN, ["-m", "1G", "-t", "800", "--", "bash", "-c", `UML_XDIR=${dir} bash ${script}`], { encoding: "utf8", timeout: 850_000 });
-    const out = (r.stdout ?? "") + (r.stderr ?? "");
+    const r = await runInUml(["bash", "-c", `UML_XDIR=${dir} bash ${script}`], { mem: "1G", timeoutMs: 800_000 });
+    const out = r.output + r.console;
     writeFileSync(join(dir, "console.log"), out);
     const results = [...out.matchAll(/RESULT (\S+) (PASS|FAIL)/g)].map((m) => [m[1], m[2]]);
     console.log(results.map((x) => x.join(" ")).join("\n"));
