@@ -67,7 +67,9 @@ test("3-node NATS cluster, one node killed: agents still get updates", { timeout
     return true;
   }, { timeoutMs: 30_000, intervalMs: 500 });
   const rotated = await waitFor("rotation accepted", () => km1.rotateSecret("psk.shared", 60).catch(() => undefined), { timeoutMs: 30_000, intervalMs: 500 });
-  assert.equal(rotated.version, 2);
+  // A request that timed out during the leader election may still have been carried out,
+  // and its retry rotates once more: at least one rotation, every agent on the last one.
+  assert.ok(rotated.version >= 2, `rotated to version ${rotated.version}`);
   for (const gw of gws) {
     const e = engines.get(gw)!;
     await waitFor(`${gw} got revision 2 and the rotated secret`, () => {
