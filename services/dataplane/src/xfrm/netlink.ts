@@ -102,7 +102,7 @@ export class XfrmSocket {
    * the reply message for GET/ALLOCSPI, every part up to NLMSG_DONE for dumps. A kernel
    * error rejects with KernelError(errno, describe).
    */
-  request(m: Omit<XfrmMessage, "seq" | "pid">, describe: string): Promise<XfrmMessage[]> {
+  request(m: Omit<XfrmMessage, "seq" | "pid">, describe: string, timeoutMs = this.opts.timeoutMs ?? 5000): Promise<XfrmMessage[]> {
     if (this.closed) return Promise.reject(new UnavailableError("netlink socket closed", { request: describe }));
     const seq = (this.seq = (this.seq + 1) >>> 0 || 1);
     const buf = encodeMessage({ ...m, seq, pid: 0 });
@@ -111,8 +111,8 @@ export class XfrmSocket {
       const timer = setTimeout(() => {
         this.pending.delete(seq);
         this.sockUnrefIfIdle();
-        reject(new UnavailableError(`no netlink reply after ${this.opts.timeoutMs ?? 5000} ms`, { request: describe }));
-      }, this.opts.timeoutMs ?? 5000);
+        reject(new UnavailableError(`no netlink reply after ${timeoutMs} ms`, { request: describe }));
+      }, timeoutMs);
       this.pending.set(seq, {
         describe,
         replies: [],

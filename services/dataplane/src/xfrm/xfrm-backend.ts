@@ -56,6 +56,9 @@ export interface XfrmBackendOptions {
   addon?: FsespAddon;
 }
 
+/** Probes wait longer than ordinary requests: the kernel may be loading crypto modules. */
+const PROBE_TIMEOUT_MS = 30_000;
+
 export class XfrmBackend implements Backend {
   readonly kind = dataplane.Backend.BACKEND_XFRM;
   readonly sock: XfrmSocket;
@@ -113,14 +116,21 @@ export class XfrmBackend implements Backend {
         childId: 0n,
         ...o,
       };
+      let added = true;
       try {
-        await this.sock.request(requests.addSa(sa, 0), `probing ${describeSaId(sa.id!)}`);
+        // The first add of an algorithm may load kernel modules: slow on a busy or emulated host.
+        await this.sock.request(requests.addSa(sa, 0), `probing ${describeSaId(sa.id!)}`, PROBE_TIMEOUT_MS);
+        return true;
       } catch (e) {
-        if (e instanceof KernelError && errnoName(e.errno) === "EPROTONOSUPPORT") noEsp = true;
+        if (e instanceof KernelError) {
+          added = false;
+          if (errnoName(e.errno) === "EPROTONOSUPPORT") noEsp = true;
+        }
         return false;
+      } finally {
+        // Also after a timeout: the kernel may have added it after we stopped waiting.
+        if (added) await this.deleteProbeSa(sa);
       }
-      await this.sock.request(requests.delSa(sa.id!, sa.src, 0), "deleting a probe SA").catch(() => undefined);
-      return true;
     };
     const encryption: dataplane.Encryption[] = [];
     const integrity: dataplane.Integrity[] = [];
@@ -138,6 +148,22 @@ export class XfrmBackend implements Backend {
     else if (encryption.length === 0) notes.push("no ESP algorithm could be installed (crypto modules missing?)");
     this.caps = { backend: this.kind, encryption, integrity, esn, udpEncap, notes, kernel: release() };
     return structuredClone(this.caps);
+  }
+
+  /** Delete a probe SA; "not found" is fine, anything else is retried once and then reported. */
+  private async deleteProbeSa(sa: SecurityAssociation): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.sock.request(requests.delSa(sa.id!, sa.src, 0), `deleting the probe SA ${describeSaId(sa.id!)}`, PROBE_TIMEOUT_MS);
+        return;
+      } catch (e) {
+        if (isNotFound(e)) return;
+        if (attempt >= 2) {
+          this.opts.logger?.warn({ err: (e as Error).message }, "could not delete a capability-probe SA (src 198.51.100.253); remove it with ip xfrm state delete");
+          return;
+        }
+      }
+    }
   }
 
   async allocateSpi(p: AllocateSpiParams): Promise<number> {
