@@ -90,8 +90,10 @@ async function ours(crypto) {
       const { r, cpu } = await cpuDuring((_c, pid) => pids.has(pid), () => iperf(lab.a, lab.b, udp));
       res[udp ? "udp" : "tcp"] = { ...r, cpuPerGbit: cpu / ((r.bytes * 8) / 1e9) };
     }
-    const sa = (await pa.stats()).stats, sb = (await pb.stats()).stats;
+    const ra = await pa.stats(), rb = await pb.stats();
+    const sa = ra.stats, sb = rb.stats;
     res.drops = sb.drops;
+    res.tun = { a: ra.tun, b: rb.tun };
     // packets per wake-up: sender's TUN reads (A) and receiver's socket reads (B), over both tests
     res.perWake = { aTun: sa.outPackets / Math.max(1, sa.tunBatches), bSock: (sb.inPackets + Object.values(sb.drops).reduce((x, y) => x + y, 0)) / Math.max(1, sb.sockBatches) };
     return res;
@@ -120,6 +122,8 @@ async function libipsec() {
 const f = (x, d = 0) => (x === undefined || Number.isNaN(x) ? "-" : x.toFixed(d));
 console.log(`esp-throughput: ${ALG}, ESP-in-UDP/4500, ${SECS} s per test, UDP -l 1400 -b ${UDP_RATE}; ${(await import("node:os")).cpus().length} CPUs, load ${(await import("node:os")).loadavg()[0].toFixed(2)}`);
 const row = (name, r) => console.log(`${name.padEnd(34)} TCP ${f(r.tcp.mbit).padStart(6)} Mbit/s  retr ${String(r.tcp.retransmits ?? "-").padStart(6)}  CPU ${f(r.tcp.cpuPerGbit, 2).padStart(6)} s/Gbit | UDP ${f(r.udp.mbit).padStart(6)} Mbit/s (offered ${f(r.udp.sentMbit)}, lost ${f(r.udp.lost, 1)} %)  CPU ${f(r.udp.cpuPerGbit, 2)} s/Gbit`);
+// TUN offloads: A's packets per TUN read (TSO super-packets split), B's packets per TUN write (coalesced runs)
+const tunLine = (t) => !t?.a ? "" : `; TUN offload: A ${f(t.a.segments / Math.max(1, t.a.superPackets), 1)} segments per super-packet (${t.a.superPackets} of ${t.a.reads} reads), B ${f(t.b.coalescedPackets / Math.max(1, t.b.coalescedWrites), 1)} packets per coalesced write (${t.b.coalescedPackets} packets), dropped ${t.a.dropped + t.b.dropped}`;
 const modes = CRYPTO === "both" ? ["native", "ts"] : [CRYPTO];
 const all = { libipsec: [] };
 for (const m of modes) all[m] = [];
@@ -137,7 +141,7 @@ for (let run = 1; run <= RUNS; run++) {
     row("strongSwan kernel-libipsec", them);
     for (const m of modes) console.log(`ratio fleetswan(${m})/libipsec: TCP ${f(res[m].tcp.mbit / them.tcp.mbit, 2)}x, UDP ${f(res[m].udp.mbit / them.udp.mbit, 2)}x (goal >= 3x)`);
   }
-  for (const m of modes) console.log(`fleetswan (${m}) receiver drops: ${JSON.stringify(Object.fromEntries(Object.entries(res[m].drops).filter(([, v]) => v)))}; packets per wake-up: A TUN ${f(res[m].perWake.aTun, 1)}, B socket ${f(res[m].perWake.bSock, 1)}`);
+  for (const m of modes) console.log(`fleetswan (${m}) receiver drops: ${JSON.stringify(Object.fromEntries(Object.entries(res[m].drops).filter(([, v]) => v)))}; packets per wake-up: A TUN ${f(res[m].perWake.aTun, 1)}, B socket ${f(res[m].perWake.bSock, 1)}${tunLine(res[m].tun)}`);
 }
 if (RUNS > 1) {
   const spread = (xs) => { const s = [...xs].sort((a, b) => a - b); return `${f(s[0])} / ${f(s[Math.floor(s.length / 2)])} / ${f(s[s.length - 1])}`; };

@@ -1,6 +1,11 @@
 // fsesp: the few syscalls the userspace ESP backend needs and Node cannot do itself.
 //
-//   openTun(name, mtu?)           -> { fd, name }   /dev/net/tun, TUNSETIFF IFF_TUN|IFF_NO_PI, O_NONBLOCK
+//   openTun(name)                 -> { fd, name, offload }   /dev/net/tun, TUNSETIFF IFF_TUN|IFF_NO_PI
+//       |IFF_VNET_HDR, O_NONBLOCK, TUNSETOFFLOAD CSUM|TSO4|TSO6 (offload: true). With offloads the
+//       fd is marked: its Poller splits TSO super-packets (tun-offload.h), write/writeBatch add
+//       the virtio header and writeBatch coalesces TCP segments. FLEETSWAN_ESP_NO_GSO=1 or
+//       FLEETSWAN_TUN_NO_OFFLOAD=1: plain TUN (offload: false).
+//   tunStats() -> { reads, superPackets, segments, coalescedWrites, coalescedPackets, dropped }
 //   udpSocket(family, addr, port, encap) -> fd      non-blocking UDP socket, optional UDP_ENCAP_ESPINUDP
 //   setUdpEncap(fd)                                  UDP_ENCAP_ESPINUDP on any UDP socket fd (xfrm backend)
 //   localPort(fd) -> port                            getsockname (a socket bound to port 0)
@@ -36,11 +41,14 @@
 #include <netinet/udp.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <vector>
 
 #include "esp-native.h"
+#include "tun-offload.h"
 
 #ifndef UDP_ENCAP
 #define UDP_ENCAP 100
@@ -91,6 +99,20 @@ void BigBuffers(int fd) {
   if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) < 0) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
 }
 
+using fsesp::Coalesced;
+using fsesp::virtio_net_hdr;
+
+// TUN fds opened with IFF_VNET_HDR (every read/write carries a virtio_net_hdr).
+constexpr int kMaxVnetFd = 65536;
+std::atomic<bool> g_vnet[kMaxVnetFd];
+bool IsVnet(int fd) { return fd >= 0 && fd < kMaxVnetFd && g_vnet[fd].load(std::memory_order_relaxed); }
+// Coalesced TUN writes; switched off for good if the kernel refuses one.
+std::atomic<bool> g_coalesce{true};
+struct TunCounters {
+  std::atomic<double> reads{0}, superPackets{0}, segments{0}, coalescedWrites{0}, coalescedPackets{0}, dropped{0};
+} g_tun;
+void Bump(std::atomic<double>& c, double by = 1) { c.store(c.load(std::memory_order_relaxed) + by, std::memory_order_relaxed); }
+
 Napi::Value OpenTun(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string name = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
@@ -103,19 +125,35 @@ Napi::Value OpenTun(const Napi::CallbackInfo& info) {
     SysError(env, "open(/dev/net/tun)", errno).ThrowAsJavaScriptException();
     return env.Null();
   }
+  bool vnet = fd < kMaxVnetFd && getenv("FLEETSWAN_ESP_NO_GSO") == nullptr && getenv("FLEETSWAN_TUN_NO_OFFLOAD") == nullptr;
   struct ifreq ifr;
   memset(&ifr, 0, sizeof(ifr));
-  ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
+  ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (vnet ? IFF_VNET_HDR : 0);
   strncpy(ifr.ifr_name, name.c_str(), IFNAMSIZ - 1);
-  if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+  int rc = ioctl(fd, TUNSETIFF, &ifr);
+  if (rc < 0 && vnet) {
+    // a kernel without virtio headers on TUN: plain packets
+    vnet = false;
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
+    rc = ioctl(fd, TUNSETIFF, &ifr);
+  }
+  if (rc < 0) {
     int err = errno;
     close(fd);
     SysError(env, "ioctl(TUNSETIFF, " + name + ")", err).ThrowAsJavaScriptException();
     return env.Null();
   }
+  if (vnet) {
+    // The kernel may hand us TCP super-packets (TSO) and packets with a partial checksum; we
+    // split and complete them (tun-offload.h). Without this the header is there, unused.
+    unsigned off = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+    if (ioctl(fd, TUNSETOFFLOAD, off) < 0) ioctl(fd, TUNSETOFFLOAD, 0u);
+    g_vnet[fd].store(true);
+  }
   Napi::Object r = Napi::Object::New(env);
   r.Set("fd", Napi::Number::New(env, fd));
   r.Set("name", Napi::String::New(env, ifr.ifr_name));
+  r.Set("offload", Napi::Boolean::New(env, vnet));
   return r;
 }
 
@@ -214,7 +252,16 @@ Napi::Value Write(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = info[0].As<Napi::Number>().Int32Value();
   Napi::Buffer<uint8_t> b = info[1].As<Napi::Buffer<uint8_t>>();
-  ssize_t n = write(fd, b.Data(), b.Length());
+  ssize_t n;
+  if (IsVnet(fd)) {
+    virtio_net_hdr h;
+    memset(&h, 0, sizeof(h));
+    iovec iov[2] = {{&h, sizeof(h)}, {b.Data(), b.Length()}};
+    n = writev(fd, iov, 2);
+    if (n >= static_cast<ssize_t>(sizeof(h))) n -= sizeof(h);
+  } else {
+    n = write(fd, b.Data(), b.Length());
+  }
   if (n < 0) {
     int err = errno;
     if (err == EAGAIN || err == ENOBUFS || err == EINVAL || err == EIO) return Napi::Number::New(env, -err);
@@ -242,6 +289,63 @@ Napi::Value SendTo(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
+// TUN with virtio headers: runs of consecutive segments of one TCP flow go out as one
+// super-packet (CoalesceRun: GSO_TCPV4/6, the kernel's TCP takes them in one go, like GRO);
+// everything else one packet per writev with an empty header. Returns packets written.
+ssize_t WriteV(int fd, const iovec* iov, int cnt) {
+  ssize_t r;
+  do {
+    r = writev(fd, iov, cnt);
+  } while (r < 0 && errno == EINTR);
+  return r;
+}
+
+uint32_t WriteBatchVnet(int fd, uint8_t* data, size_t dataLen, const Napi::Uint32Array& ol, uint32_t n) {
+  static thread_local std::vector<uint8_t*> ptrs;
+  static thread_local std::vector<size_t> lens;
+  iovec iov[2 + 64];
+  ptrs.resize(n);
+  lens.resize(n);
+  virtio_net_hdr plain;
+  memset(&plain, 0, sizeof(plain));
+  uint32_t ok = 0;
+  for (uint32_t k = 0; k < n; k++) {
+    const uint32_t off = ol[k * 2], len = ol[k * 2 + 1];
+    const bool in = static_cast<size_t>(off) + len <= dataLen;
+    ptrs[k] = in ? data + off : nullptr;
+    lens[k] = in ? len : 0;
+  }
+  uint32_t i = 0;
+  while (i < n) {
+    if (ptrs[i] == nullptr) {
+      i++;
+      continue;
+    }
+    size_t m = 0;  // packets in bounds from i on (at most 64)
+    while (i + m < n && ptrs[i + m] != nullptr && m < 64) m++;
+    Coalesced c;
+    c.count = 1;
+    if (g_coalesce.load(std::memory_order_relaxed)) fsesp::CoalesceRun(&ptrs[i], &lens[i], m, &c);
+    if (c.count > 1) {
+      iov[0] = {&c.vnet, sizeof(c.vnet)};
+      iov[1] = {c.hdr, c.hdrLen};
+      for (size_t k = 0; k < c.count; k++) iov[2 + k] = {ptrs[i + k] + c.hdrLen, lens[i + k] - c.hdrLen};
+      if (WriteV(fd, iov, static_cast<int>(2 + c.count)) >= 0) {
+        ok += static_cast<uint32_t>(c.count);
+        Bump(g_tun.coalescedWrites);
+        Bump(g_tun.coalescedPackets, static_cast<double>(c.count));
+        i += static_cast<uint32_t>(c.count);
+        continue;
+      }
+      if (errno == EINVAL) g_coalesce.store(false);  // the kernel refuses GSO writes: one by one from now on
+    }
+    iovec one[2] = {{&plain, sizeof(plain)}, {ptrs[i], lens[i]}};
+    if (WriteV(fd, one, 2) >= 0) ok++;
+    i++;
+  }
+  return ok;
+}
+
 // writeBatch(fd, data, offLen: Uint32Array [off, len]*, n): write(2) each packet (TUN: one packet
 // per write). Returns how many were written; transient failures are skipped (the caller counts
 // n - written as drops).
@@ -252,6 +356,7 @@ Napi::Value WriteBatch(const Napi::CallbackInfo& info) {
   Napi::Uint32Array ol = info[2].As<Napi::Uint32Array>();
   uint32_t n = info[3].As<Napi::Number>().Uint32Value();
   if (static_cast<size_t>(n) * 2 > ol.ElementLength()) n = static_cast<uint32_t>(ol.ElementLength() / 2);
+  if (IsVnet(fd)) return Napi::Number::New(env, WriteBatchVnet(fd, data.Data(), data.Length(), ol, n));
   uint32_t ok = 0;
   for (uint32_t i = 0; i < n; i++) {
     uint32_t off = ol[i * 2], len = ol[i * 2 + 1];
@@ -267,6 +372,7 @@ Napi::Value WriteBatch(const Napi::CallbackInfo& info) {
 
 Napi::Value Close(const Napi::CallbackInfo& info) {
   int fd = info[0].As<Napi::Number>().Int32Value();
+  if (fd >= 0 && fd < kMaxVnetFd) g_vnet[fd].store(false);
   if (fd >= 0) close(fd);
   return info.Env().Undefined();
 }
@@ -382,6 +488,10 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
       DrainSocket(env);
       return;
     }
+    if (IsVnet(fd_)) {
+      DrainVnet(env);
+      return;
+    }
     size_t used = 0;
     uint32_t n = 0;
     int err = 0;
@@ -429,6 +539,67 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
     if (err != 0 && err != ENOTCONN && err != ECONNREFUSED) {
       Deliver(env, 0, std::string("read: ") + strerror(err));
     }
+  }
+
+  // TUN with virtio headers: read into a scratch buffer; a TSO super-packet is split into its
+  // segments (full checksums), a packet with a partial checksum is completed, then copied
+  // into the arena. Until EAGAIN or maxBatch packets (a super-packet may pass it by 64).
+  void DrainVnet(Napi::Env env) {
+    constexpr size_t kHdr = sizeof(virtio_net_hdr);
+    if (scratch_.empty()) scratch_.resize(kHdr + kMaxPacket);
+    size_t used = 0;
+    uint32_t n = 0;
+    int err = 0;
+    auto alloc = [&](size_t l) -> uint8_t* {
+      if (cap_ - used < l + 16) Grow(env, cap_ * 2 + l, used);
+      if (meta_.size() < (static_cast<size_t>(n) + 1) * 8) meta_.resize(meta_.size() * 2 + 8);
+      uint32_t* m = meta_.data() + static_cast<size_t>(n) * 8;
+      m[0] = static_cast<uint32_t>(used);
+      m[1] = static_cast<uint32_t>(l);
+      m[2] = m[3] = 0;
+      m[4] = m[5] = m[6] = m[7] = 0;
+      uint8_t* d = arena_ + used;
+      used = (used + l + 15) & ~static_cast<size_t>(15);
+      n++;
+      return d;
+    };
+    while (n < maxBatch_) {
+      ssize_t r = read(fd_, scratch_.data(), scratch_.size());
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) err = errno;
+        break;
+      }
+      Bump(g_tun.reads);
+      if (static_cast<size_t>(r) <= kHdr) {
+        Bump(g_tun.dropped);
+        continue;
+      }
+      virtio_net_hdr h;
+      memcpy(&h, scratch_.data(), kHdr);
+      uint8_t* pkt = scratch_.data() + kHdr;
+      const size_t len = static_cast<size_t>(r) - kHdr;
+      const uint8_t gt = h.gso_type & static_cast<uint8_t>(~fsesp::VIRTIO_NET_HDR_GSO_ECN);
+      if (gt == fsesp::VIRTIO_NET_HDR_GSO_NONE) {
+        if ((h.flags & fsesp::VIRTIO_NET_HDR_F_NEEDS_CSUM) && !fsesp::CompleteChecksum(pkt, len, h.csum_start, h.csum_offset)) {
+          Bump(g_tun.dropped);
+          continue;
+        }
+        memcpy(alloc(len), pkt, len);
+      } else if (gt == fsesp::VIRTIO_NET_HDR_GSO_TCPV4 || gt == fsesp::VIRTIO_NET_HDR_GSO_TCPV6) {
+        const int segs = fsesp::TcpSegment(pkt, len, h.gso_size, alloc);
+        if (segs < 0) {
+          Bump(g_tun.dropped);
+        } else {
+          Bump(g_tun.superPackets);
+          Bump(g_tun.segments, segs);
+        }
+      } else {
+        Bump(g_tun.dropped);  // UFO/USO: not offered by us (TUNSETOFFLOAD)
+      }
+    }
+    if (n > 0) Deliver(env, n, "");
+    if (err != 0) Deliver(env, 0, std::string("read: ") + strerror(err));
   }
 
   // Sockets: recvmmsg into 64 KiB slots, kSlots datagrams per syscall, until EAGAIN or
@@ -553,10 +724,24 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
   size_t cap_ = 0;
   std::vector<uint32_t> meta_;
   std::vector<uint8_t> slots_;
+  std::vector<uint8_t> scratch_;
   std::vector<uint8_t> cmsg_;
 };
 
+Napi::Value TunStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("reads", g_tun.reads.load());
+  r.Set("superPackets", g_tun.superPackets.load());
+  r.Set("segments", g_tun.segments.load());
+  r.Set("coalescedWrites", g_tun.coalescedWrites.load());
+  r.Set("coalescedPackets", g_tun.coalescedPackets.load());
+  r.Set("dropped", g_tun.dropped.load());
+  return r;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("tunStats", Napi::Function::New(env, TunStats));
   exports.Set("openTun", Napi::Function::New(env, OpenTun));
   exports.Set("udpSocket", Napi::Function::New(env, UdpSocket));
   exports.Set("setUdpEncap", Napi::Function::New(env, SetUdpEncap));

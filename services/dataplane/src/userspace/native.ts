@@ -22,8 +22,20 @@ export interface PollerInstance {
  */
 export type BatchCallback = (data: Buffer, meta: Uint32Array, error: string | undefined) => void;
 
+export interface TunOffloadStats {
+  reads: number;
+  superPackets: number;
+  segments: number;
+  coalescedWrites: number;
+  coalescedPackets: number;
+  dropped: number;
+}
+
 export interface FsespAddon {
-  openTun(name: string): { fd: number; name: string };
+  /** offload: IFF_VNET_HDR + TUNSETOFFLOAD (TSO super-packets split, TCP segments coalesced on write; see fsesp.cc). */
+  openTun(name: string): { fd: number; name: string; offload?: boolean };
+  /** Process-wide TUN offload counters (TUN reads, TSO super-packets and their segments, coalesced writes, drops). */
+  tunStats?(): TunOffloadStats;
   udpSocket(family: 4 | 6, address: Buffer, port: number, encap: boolean): number;
   setUdpEncap(fd: number): void;
   /** The port a socket is bound to (getsockname). */

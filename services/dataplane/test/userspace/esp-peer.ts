@@ -2,10 +2,11 @@
  * Test driver: one userspace ESP endpoint in the current network namespace.
  *   node esp-peer.js '<json {spec, side, tun?, nattPort?}>'
  * Prints "ready" when the SAs and policies are installed; answers stdin lines:
- *   "stats" -> one JSON line {stats, sas}; "quit" -> exits.
+ *   "stats" -> one JSON line {stats, sas, events, tun (the addon's TUN offload counters)}; "quit" -> exits.
  */
 import { createInterface } from "node:readline";
 import { UserspaceBackend } from "../../src/userspace/userspace-backend.js";
+import { loadAddon } from "../../src/userspace/native.js";
 import { sideConfig, type TunnelSpec } from "./tunnel-config.js";
 
 const arg = JSON.parse(process.argv[2] ?? "{}") as { spec: TunnelSpec; side: "a" | "b"; tun?: string; nattPort?: number };
@@ -22,7 +23,7 @@ rl.on("line", (line) => {
   void (async () => {
     if (line.trim() === "stats") {
       const sas = (await be.listSas()).map((s) => ({ spi: s.sa!.id!.spi, dir: s.sa!.direction, ...s.counters }));
-      process.stdout.write(JSON.stringify({ stats: be.stats, sas, events }, (_k, v) => (typeof v === "bigint" ? Number(v) : v)) + "\n");
+      process.stdout.write(JSON.stringify({ stats: be.stats, sas, events, tun: loadAddon().tunStats?.() }, (_k, v) => (typeof v === "bigint" ? Number(v) : v)) + "\n");
     } else if (line.trim() === "quit") {
       await be.close();
       process.exit(0);

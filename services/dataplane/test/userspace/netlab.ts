@@ -35,6 +35,8 @@ export function createLab(tag = String(process.pid)): Lab {
 
 export interface PeerStats {
   stats: { outPackets: number; inPackets: number; drops: Record<string, number> };
+  /** The addon's TUN offload counters in that process (undefined with an older addon). */
+  tun?: { reads: number; superPackets: number; segments: number; coalescedWrites: number; coalescedPackets: number; dropped: number };
   sas: { spi: number; dir: number; packets: number; bytes: number; replayErrors: number; integrityErrors: number }[];
 }
 
