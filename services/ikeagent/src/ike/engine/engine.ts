@@ -639,6 +639,10 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     if (!remote) return new IkeFailure(Reason.NOT_FOUND, `connection ${conn.name} has no remote address to initiate to (right=%any accepts only)`);
     const local = this.#localAddressFor(conn);
     if (!local) return new IkeFailure(Reason.NOT_FOUND, `connection ${conn.name}: no local address of the right family to initiate from`);
+    // Without the secret IKE_AUTH cannot be sent; the apply that brings it (a fleet agent's
+    // PSK sealed by keymgr right after the view) changes the connection and starts it. An
+    // IKE SA begun now would be abandoned after IKE_SA_INIT, half-open at the peer.
+    if (!conn.secret) return new IkeFailure(Reason.NO_SECRET, `connection ${conn.name}: not initiating, its secret (secret_ref "${conn.def.secretRef}") has not arrived`);
     const sa = this.createIkeSa(true, this.newSpi(), { address: local, port: 500 }, { address: remote, port: conn.remotePort });
     sa.conn = conn;
     this.register(sa);
