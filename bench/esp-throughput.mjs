@@ -34,22 +34,37 @@ const TICK = 100; // USER_HZ
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const cpuOf = (pid) => { try { const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" "); return (Number(f[11]) + Number(f[12])) / TICK; } catch { return undefined; } };
 
-/** CPU seconds used by processes matching `pred(comm, pid)` while `fn` runs (sampled every 200 ms). */
+/** Machine-wide jiffies from /proc/stat: busy (all but idle and iowait) and softirq. */
+const machine = () => { const l = readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1).map(Number); return { busy: l.reduce((a, b) => a + b, 0) - l[3] - l[4], softirq: l[6] }; };
+
+/**
+ * CPU seconds used while `fn` runs (processes sampled every 200 ms): `cpu` by processes matching
+ * `pred(comm, pid)` (the ESP endpoints), `iperf` by iperf3, `other` by every other process on
+ * the machine (other jobs competing for the two cores; this script excluded), `busy` machine-wide
+ * and `softirq` (the kernel's network receive work, not charged to any process), `secs` wall time.
+ */
 async function cpuDuring(pred, fn) {
-  const start = new Map(), last = new Map();
+  const start = new Map(), last = new Map(), kind = new Map();
   const sample = () => {
     for (const d of readdirSync("/proc")) {
-      if (!/^\d+$/.test(d)) continue;
+      if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
       let comm; try { comm = readFileSync(`/proc/${d}/comm`, "utf8").trim(); } catch { continue; }
-      if (!pred(comm, Number(d))) continue;
       const c = cpuOf(d); if (c === undefined) continue;
-      if (!start.has(d)) start.set(d, c);
+      if (!start.has(d)) { start.set(d, c); kind.set(d, pred(comm, Number(d)) ? "cpu" : comm === "iperf3" ? "iperf" : "other"); }
       last.set(d, c);
     }
   };
   sample();
+  const m0 = machine(), t0 = Date.now();
   const iv = setInterval(sample, 200);
-  try { const r = await fn(); sample(); return { r, cpu: [...last].reduce((s, [p, c]) => s + c - start.get(p), 0) }; } finally { clearInterval(iv); }
+  try {
+    const r = await fn();
+    sample();
+    const m1 = machine();
+    const out = { r, cpu: 0, iperf: 0, other: 0, busy: (m1.busy - m0.busy) / TICK, softirq: (m1.softirq - m0.softirq) / TICK, secs: (Date.now() - t0) / 1000 };
+    for (const [p, c] of last) out[kind.get(p)] += c - start.get(p);
+    return out;
+  } finally { clearInterval(iv); }
 }
 
 function iperf(nsA, nsB, udp) {
@@ -87,8 +102,8 @@ async function ours(crypto) {
     const pids = new Set([pa.proc.pid, pb.proc.pid]);
     const res = {};
     for (const udp of [false, true]) {
-      const { r, cpu } = await cpuDuring((_c, pid) => pids.has(pid), () => iperf(lab.a, lab.b, udp));
-      res[udp ? "udp" : "tcp"] = { ...r, cpuPerGbit: cpu / ((r.bytes * 8) / 1e9) };
+      const { r, cpu, ...m } = await cpuDuring((_c, pid) => pids.has(pid), () => iperf(lab.a, lab.b, udp));
+      res[udp ? "udp" : "tcp"] = { ...r, cpuPerGbit: cpu / ((r.bytes * 8) / 1e9), cpu, ...m };
     }
     const ra = await pa.stats(), rb = await pb.stats();
     const sa = ra.stats, sb = rb.stats;
@@ -112,8 +127,8 @@ async function libipsec() {
   const res = {};
   try {
     for (const udp of [false, true]) {
-      const { r, cpu } = await cpuDuring((comm) => comm === "charon", () => iperf(ns[0], ns[1], udp));
-      res[udp ? "udp" : "tcp"] = { ...r, cpuPerGbit: cpu / ((r.bytes * 8) / 1e9) };
+      const { r, cpu, ...m } = await cpuDuring((comm) => comm === "charon", () => iperf(ns[0], ns[1], udp));
+      res[udp ? "udp" : "tcp"] = { ...r, cpuPerGbit: cpu / ((r.bytes * 8) / 1e9), cpu, ...m };
     }
   } finally { p.stdin.end("\n"); await new Promise((r) => p.once("exit", r)); }
   return res;
@@ -121,7 +136,12 @@ async function libipsec() {
 
 const f = (x, d = 0) => (x === undefined || Number.isNaN(x) ? "-" : x.toFixed(d));
 console.log(`esp-throughput: ${ALG}, ESP-in-UDP/4500, ${SECS} s per test, UDP -l 1400 -b ${UDP_RATE}; ${(await import("node:os")).cpus().length} CPUs, load ${(await import("node:os")).loadavg()[0].toFixed(2)}`);
-const row = (name, r) => console.log(`${name.padEnd(34)} TCP ${f(r.tcp.mbit).padStart(6)} Mbit/s  retr ${String(r.tcp.retransmits ?? "-").padStart(6)}  CPU ${f(r.tcp.cpuPerGbit, 2).padStart(6)} s/Gbit | UDP ${f(r.udp.mbit).padStart(6)} Mbit/s (offered ${f(r.udp.sentMbit)}, lost ${f(r.udp.lost, 1)} %)  CPU ${f(r.udp.cpuPerGbit, 2)} s/Gbit`);
+// where the two cores went during the TCP test (CPU seconds per wall second = cores)
+const cores = (t) => `endpoints ${f(t.cpu / t.secs, 2)}, iperf3 ${f(t.iperf / t.secs, 2)}, softirq ${f(t.softirq / t.secs, 2)}, other jobs ${f(t.other / t.secs, 2)}, machine busy ${f(t.busy / t.secs, 2)} of 2 cores`;
+const row = (name, r) => {
+  console.log(`${name.padEnd(34)} TCP ${f(r.tcp.mbit).padStart(6)} Mbit/s  retr ${String(r.tcp.retransmits ?? "-").padStart(6)}  CPU ${f(r.tcp.cpuPerGbit, 2).padStart(6)} s/Gbit | UDP ${f(r.udp.mbit).padStart(6)} Mbit/s (offered ${f(r.udp.sentMbit)}, lost ${f(r.udp.lost, 1)} %)  CPU ${f(r.udp.cpuPerGbit, 2)} s/Gbit`);
+  console.log(`${"".padEnd(34)} TCP test cores: ${cores(r.tcp)}`);
+};
 // TUN offloads: A's packets per TUN read (TSO super-packets split), B's packets per TUN write (coalesced runs)
 const tunLine = (t) => !t?.a ? "" : `; TUN offload: A ${f(t.a.segments / Math.max(1, t.a.superPackets), 1)} segments per super-packet (${t.a.superPackets} of ${t.a.reads} reads), B ${f(t.b.coalescedPackets / Math.max(1, t.b.coalescedWrites), 1)} packets per coalesced write (${t.b.coalescedPackets} packets), dropped ${t.a.dropped + t.b.dropped}`;
 const modes = CRYPTO === "both" ? ["native", "ts"] : [CRYPTO];
@@ -144,11 +164,13 @@ for (let run = 1; run <= RUNS; run++) {
   for (const m of modes) console.log(`fleetswan (${m}) receiver drops: ${JSON.stringify(Object.fromEntries(Object.entries(res[m].drops).filter(([, v]) => v)))}; packets per wake-up: A TUN ${f(res[m].perWake.aTun, 1)}, B socket ${f(res[m].perWake.bSock, 1)}${tunLine(res[m].tun)}`);
 }
 if (RUNS > 1) {
-  const spread = (xs) => { const s = [...xs].sort((a, b) => a - b); return `${f(s[0])} / ${f(s[Math.floor(s.length / 2)])} / ${f(s[s.length - 1])}`; };
+  const med = (s) => (s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2);
+  const spreadD = (xs, d) => { const s = [...xs].sort((a, b) => a - b); return `${f(s[0], d)} / ${f(med(s), d)} / ${f(s[s.length - 1], d)}`; };
+  const spread = (xs) => spreadD(xs, 0), spread2 = (xs) => spreadD(xs, 2);
   console.log(`spread over ${RUNS} runs (min / median / max):`);
   for (const [name, rs] of Object.entries(all)) {
     if (!rs.length) continue;
-    console.log(`  ${name.padEnd(10)} TCP Mbit/s ${spread(rs.map((r) => r.tcp.mbit))}  retr ${spread(rs.map((r) => r.tcp.retransmits))}  UDP Mbit/s ${spread(rs.map((r) => r.udp.mbit))}`);
+    console.log(`  ${name.padEnd(10)} TCP Mbit/s ${spread(rs.map((r) => r.tcp.mbit))}  retr ${spread(rs.map((r) => r.tcp.retransmits))}  CPU s/Gbit ${spread2(rs.map((r) => r.tcp.cpuPerGbit))}  other jobs (cores) ${spread2(rs.map((r) => r.tcp.other / r.tcp.secs))}  UDP Mbit/s ${spread(rs.map((r) => r.udp.mbit))}`);
   }
   if (all.libipsec.length) {
     for (const m of modes) console.log(`  ratio (${m}) TCP ${spread(all[m].map((r, i) => r.tcp.mbit / all.libipsec[i].tcp.mbit).map((x) => x * 100))} % , UDP ${spread(all[m].map((r, i) => r.udp.mbit / all.libipsec[i].udp.mbit).map((x) => x * 100))} %`);

@@ -6,6 +6,8 @@
 //       the virtio header and writeBatch coalesces TCP segments. FLEETSWAN_ESP_NO_GSO=1 or
 //       FLEETSWAN_TUN_NO_OFFLOAD=1: plain TUN (offload: false).
 //   tunStats() -> { reads, superPackets, segments, coalescedWrites, coalescedPackets, dropped }
+//   tunSplit(packet, gsoSize) -> Buffer[] | null     TcpSegment on one super-packet (unit tests)
+//   tunCoalesce(packets: Buffer[]) -> { count, vnet, header }   CoalesceRun (unit tests)
 //   udpSocket(family, addr, port, encap) -> fd      non-blocking UDP socket, optional UDP_ENCAP_ESPINUDP
 //   setUdpEncap(fd)                                  UDP_ENCAP_ESPINUDP on any UDP socket fd (xfrm backend)
 //   localPort(fd) -> port                            getsockname (a socket bound to port 0)
@@ -740,7 +742,46 @@ Napi::Value TunStats(const Napi::CallbackInfo& info) {
   return r;
 }
 
+// Test hooks: the same functions the poller and writeBatch use, on JS buffers.
+Napi::Value TunSplit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Buffer<uint8_t> b = info[0].As<Napi::Buffer<uint8_t>>();
+  const uint32_t gso = info[1].As<Napi::Number>().Uint32Value();
+  std::vector<std::vector<uint8_t>> segs;
+  const int r = fsesp::TcpSegment(b.Data(), b.Length(), static_cast<uint16_t>(gso), [&](size_t l) {
+    segs.emplace_back(l);
+    return segs.back().data();
+  });
+  if (r < 0) return env.Null();
+  Napi::Array out = Napi::Array::New(env, segs.size());
+  for (size_t i = 0; i < segs.size(); i++) out.Set(static_cast<uint32_t>(i), Napi::Buffer<uint8_t>::Copy(env, segs[i].data(), segs[i].size()));
+  return out;
+}
+
+Napi::Value TunCoalesce(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Array a = info[0].As<Napi::Array>();
+  std::vector<uint8_t*> ptrs;
+  std::vector<size_t> lens;
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    Napi::Buffer<uint8_t> b = a.Get(i).As<Napi::Buffer<uint8_t>>();
+    ptrs.push_back(b.Data());
+    lens.push_back(b.Length());
+  }
+  Coalesced c;
+  fsesp::CoalesceRun(ptrs.data(), lens.data(), ptrs.size(), &c);
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("count", Napi::Number::New(env, static_cast<double>(c.count)));
+  if (c.count > 1) {
+    r.Set("vnet", Napi::Buffer<uint8_t>::Copy(env, reinterpret_cast<const uint8_t*>(&c.vnet), sizeof(c.vnet)));
+    r.Set("header", Napi::Buffer<uint8_t>::Copy(env, c.hdr, c.hdrLen));
+  }
+  return r;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("tunSplit", Napi::Function::New(env, TunSplit));
+  exports.Set("tunCoalesce", Napi::Function::New(env, TunCoalesce));
   exports.Set("tunStats", Napi::Function::New(env, TunStats));
   exports.Set("openTun", Napi::Function::New(env, OpenTun));
   exports.Set("udpSocket", Napi::Function::New(env, UdpSocket));
