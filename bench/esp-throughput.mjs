@@ -6,6 +6,8 @@
 // processes; the two charon processes) and the ratio. Run as root after `npm run build`.
 //   node bench/esp-throughput.mjs [--secs 10] [--udp-rate 2G] [--alg aes-gcm-256] [--no-libipsec]
 //                                 [--runs N] [--crypto native|ts|both]
+// --pin: the sending side (ESP endpoint A, iperf3 client) on CPU 0, the receiving side (endpoint
+// B, iperf3 server) on CPU 1, for both implementations (charon's threads likewise).
 // --runs repeats the whole comparison (ours, then libipsec) N times and prints the spread
 // (min/median/max); --crypto ts runs our endpoints with FLEETSWAN_ESP_CRYPTO=ts (the
 // TypeScript reference ESP on node:crypto), both = native and ts rows in every run.
@@ -30,6 +32,10 @@ const RUNS = Number(opt("runs", "1"));
 const CRYPTO = opt("crypto", "native");
 const RECIPE = opt("libipsec-script", "/work/shared/peers/strongswan-libipsec-pair.sh");
 const TICK = 100; // USER_HZ
+const PIN = args.includes("--pin");
+/** Pin every thread of `pid` to `cpu` (--pin). */
+const pin = (pid, cpu) => { if (PIN) execFileSync("taskset", ["-a", "-p", "-c", String(cpu), String(pid)], { stdio: "ignore" }); };
+const onCpu = (cpu) => (PIN ? ["taskset", "-c", String(cpu)] : []);
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const cpuOf = (pid) => { try { const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" "); return (Number(f[11]) + Number(f[12])) / TICK; } catch { return undefined; } };
@@ -68,9 +74,9 @@ async function cpuDuring(pred, fn) {
 }
 
 function iperf(nsA, nsB, udp) {
-  const srv = spawn("ip", ["netns", "exec", nsB, "iperf3", "-s", "-1", "-B", "10.2.0.1"], { stdio: "ignore" });
+  const srv = spawn("ip", ["netns", "exec", nsB, ...onCpu(1), "iperf3", "-s", "-1", "-B", "10.2.0.1"], { stdio: "ignore" });
   execFileSync("sleep", ["0.7"]);
-  const a = ["netns", "exec", nsA, "iperf3", "-c", "10.2.0.1", "-B", "10.1.0.1", "-t", String(SECS), "-J"];
+  const a = ["netns", "exec", nsA, ...onCpu(0), "iperf3", "-c", "10.2.0.1", "-B", "10.1.0.1", "-t", String(SECS), "-J"];
   if (udp) a.push("-u", "-b", UDP_RATE, "-l", "1400");
   return new Promise((resolve) => {
     let out = "";
@@ -100,6 +106,8 @@ async function ours(crypto) {
   try {
     await Promise.all([pa.ready(), pb.ready()]);
     const pids = new Set([pa.proc.pid, pb.proc.pid]);
+    pin(pa.proc.pid, 0);
+    pin(pb.proc.pid, 1);
     const res = {};
     for (const udp of [false, true]) {
       const { r, cpu, ...m } = await cpuDuring((_c, pid) => pids.has(pid), () => iperf(lab.a, lab.b, udp));
@@ -126,6 +134,13 @@ async function libipsec() {
   });
   const res = {};
   try {
+    if (PIN) {
+      ns.forEach((n, i) => {
+        for (const pid of execFileSync("ip", ["netns", "pids", n], { encoding: "utf8" }).split("\n").filter(Boolean)) {
+          try { if (readFileSync(`/proc/${pid}/comm`, "utf8").trim() === "charon") pin(pid, i); } catch { /* gone */ }
+        }
+      });
+    }
     for (const udp of [false, true]) {
       const { r, cpu, ...m } = await cpuDuring((comm) => comm === "charon", () => iperf(ns[0], ns[1], udp));
       res[udp ? "udp" : "tcp"] = { ...r, cpuPerGbit: cpu / ((r.bytes * 8) / 1e9), cpu, ...m };
@@ -135,7 +150,7 @@ async function libipsec() {
 }
 
 const f = (x, d = 0) => (x === undefined || Number.isNaN(x) ? "-" : x.toFixed(d));
-console.log(`esp-throughput: ${ALG}, ESP-in-UDP/4500, ${SECS} s per test, UDP -l 1400 -b ${UDP_RATE}; ${(await import("node:os")).cpus().length} CPUs, load ${(await import("node:os")).loadavg()[0].toFixed(2)}`);
+console.log(`esp-throughput: ${ALG}, ESP-in-UDP/4500, ${SECS} s per test, UDP -l 1400 -b ${UDP_RATE}${PIN ? ", pinned (A + iperf3 client: CPU 0, B + server: CPU 1)" : ""}; ${(await import("node:os")).cpus().length} CPUs, load ${(await import("node:os")).loadavg()[0].toFixed(2)}`);
 // where the two cores went during the TCP test (CPU seconds per wall second = cores)
 const cores = (t) => `endpoints ${f(t.cpu / t.secs, 2)}, iperf3 ${f(t.iperf / t.secs, 2)}, softirq ${f(t.softirq / t.secs, 2)}, other jobs ${f(t.other / t.secs, 2)}, machine busy ${f(t.busy / t.secs, 2)} of 2 cores`;
 const row = (name, r) => {
