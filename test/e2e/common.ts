@@ -5,9 +5,10 @@
  */
 import { connect, type NatsConnection, type Subscription } from 'nats';
 import { fileURLToPath } from 'node:url';
-import { dirname, resolve } from 'node:path';
+import { mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { fleet } from '@fleetswan/proto';
-import { Lab, makeLabConfig, natsUrl, nsTransit, TRANSIT_BRIDGE, type LabConfigOptions, type LabGateway } from '@fleetswan/lab';
+import { Lab, makeLabConfig, mgmtBridge, natsUrl, nsTransit, stopLabPrometheus, TRANSIT_BRIDGE, type LabConfigOptions, type LabGateway } from '@fleetswan/lab';
 import { freePort, needExecutable, needRoot, run, skipReason } from '../harness/util.js';
 import { startCapture, countPackets, countEspInUdp, describePackets, type Capture } from '../harness/capture.js';
 
@@ -37,23 +38,122 @@ export async function assertServicesPresent(): Promise<void> {
   }
 }
 
-/** A lab of its own for a suite: own namespaces (instance), state dir, management /24 and ports. */
-export async function e2eLab(instance: string, mgmtNet: string, o: Partial<LabConfigOptions> = {}): Promise<Lab> {
-  const c = makeLabConfig({
-    instance,
-    stateDir: `/var/tmp/fleetswan-lab-${instance}`,
-    repoDir: REPO,
-    mgmtNet,
-    natsPort: await freePort(),
-    natsMonitorPort: await freePort(),
-    controllerMetricsPort: await freePort(),
-    keymgrMetricsPort: await freePort(),
-    ...o,
-  });
-  const lab = new Lab(c);
-  // leftovers of an interrupted run of the same suite
-  await lab.down();
-  return lab;
+/** Where an e2e run records that it owns a lab instance (in the instance's state dir, which `down` keeps). */
+const OWNER_FILE = 'e2e-owner.json';
+/** Instances per suite: `<base>`, then `<base>1`..`<base>9` while another run holds the first. */
+const SLOTS = 10;
+
+interface Owner { pid: number; start: string; suite: string; since: string }
+
+/** A live process's start time (field 22 of /proc/PID/stat): with the pid, it tells a live owner from a reused pid. */
+function procStart(pid: number): string | undefined {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const [state, ...rest] = f.slice(f.lastIndexOf(')') + 2).split(' ');
+    return state === 'Z' || state === 'X' ? undefined : rest[18]; // a zombie is gone too
+  } catch {
+    return undefined;
+  }
+}
+
+const ownerAlive = (o: Owner): boolean => procStart(o.pid) === o.start;
+
+/**
+ * Claim `instance` for this process: the owner file is created exclusively; one whose
+ * process is gone (an interrupted run, FLEETSWAN_KEEP_LAB) is taken over. Returns the live
+ * owner when another run holds it.
+ */
+function claim(stateDir: string, suite: string): Owner | undefined {
+  mkdirSync(stateDir, { recursive: true });
+  const f = join(stateDir, OWNER_FILE);
+  const me: Owner = { pid: process.pid, start: procStart(process.pid) ?? '', suite, since: new Date().toISOString() };
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      writeFileSync(f, JSON.stringify(me) + '\n', { flag: 'wx' });
+      process.once('exit', () => {
+        try {
+          if ((JSON.parse(readFileSync(f, 'utf8')) as Owner).pid === process.pid) unlinkSync(f);
+        } catch { /* gone */ }
+      });
+      return undefined;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    let cur: Owner | undefined;
+    try { cur = JSON.parse(readFileSync(f, 'utf8')) as Owner; } catch { /* half-written or removed: stale */ }
+    if (cur && ownerAlive(cur) && cur.pid !== process.pid) return cur;
+    try { unlinkSync(f); } catch { /* another run removed it first */ }
+  }
+  throw new Error(`could not claim the e2e lab state dir ${stateDir} (${OWNER_FILE} keeps reappearing)`);
+}
+
+/** The management /24 is held by another interface on the host (another lab, another run). */
+async function mgmtNetInUse(mgmtNet: string, ownBridge: string): Promise<string | undefined> {
+  const r = await run(['ip', '-4', '-o', 'addr', 'show'], { allowFail: true });
+  const line = r.stdout.split('\n').find((l) => l.includes(` inet ${mgmtNet}.`) && l.split(/\s+/)[1] !== ownBridge);
+  return line?.split(/\s+/)[1];
+}
+
+export type E2eLabOptions = Partial<Omit<LabConfigOptions, 'gateways'>> & {
+  /** The gateways, for the management /24 the run gets (default: the lab's three). */
+  gateways?: (mgmtNet: string) => LabGateway[];
+};
+
+/**
+ * A lab of its own for a suite run: own namespaces (instance), state dir, management /24
+ * and ports. Concurrent runs do not collide: the first free instance of `<base>`,
+ * `<base>1`..`<base>9` is claimed (owner file with pid and start time); slot i uses the
+ * management /24 198.18.(m + 16 i) for `mgmtNet` 198.18.m. A slot whose owner is gone is
+ * taken over and the remains of its lab removed (FLEETSWAN_KEEP_LAB labs too). When every
+ * slot is held, it fails and names the runs holding them.
+ */
+export async function e2eLab(base: string, mgmtNet: string, o: E2eLabOptions = {}): Promise<Lab> {
+  const m = mgmtNet.match(/^(\d+\.\d+)\.(\d+)$/);
+  if (!m) throw new Error(`e2eLab: management net "${mgmtNet}" is not the first three octets of a /24`);
+  const held: string[] = [];
+  for (let slot = 0; slot < SLOTS; slot++) {
+    const instance = slot === 0 ? base : `${base}${slot}`;
+    const net = `${m[1]}.${Number(m[2]) + 16 * slot}`;
+    if (Number(m[2]) + 16 * slot > 254) break;
+    const stateDir = `/var/tmp/fleetswan-lab-${instance}`;
+    const { gateways, ...rest } = o;
+    const c = makeLabConfig({
+      instance,
+      stateDir,
+      repoDir: REPO,
+      mgmtNet: net,
+      natsPort: await freePort(),
+      natsMonitorPort: await freePort(),
+      controllerMetricsPort: await freePort(),
+      keymgrMetricsPort: await freePort(),
+      ...rest,
+      ...(gateways ? { gateways: gateways(net) } : {}),
+    });
+    const inUse = await mgmtNetInUse(net, mgmtBridge(c));
+    if (inUse) {
+      held.push(`${instance}: ${net}.0/24 is on ${inUse}`);
+      continue;
+    }
+    const owner = claim(stateDir, base);
+    if (owner) {
+      held.push(`${instance}: run pid ${owner.pid} (${owner.suite}, since ${owner.since})`);
+      continue;
+    }
+    if (slot > 0) process.stderr.write(`# e2e lab: ${held.join('; ')}; this run uses instance ${instance} (${stateDir}, ${net}.0/24)\n`);
+    const lab = new Lab(c);
+    // leftovers of an interrupted run of this instance (and a Prometheus it left)
+    await stopLabPrometheus(c);
+    await lab.down();
+    return lab;
+  }
+  throw new Error(`no free e2e lab instance for "${base}" (another run of the suite holds each one):\n  ${held.join('\n  ')}\n` +
+    'wait for those runs, or stop a stale lab with ./fleetswan-lab down --instance NAME --state-dir /var/tmp/fleetswan-lab-NAME');
+}
+
+/** The command lines that inspect and remove a lab a suite left (FLEETSWAN_KEEP_LAB=1). */
+export function keptLabHint(lab: Lab): string {
+  const a = `--instance ${lab.c.instance} --state-dir ${lab.c.stateDir}`;
+  return `lab kept: ./fleetswan-lab status ${a}; ./fleetswan-lab down ${a}`;
 }
 
 /** A capture of everything on the transit bridge (all gateways' IKE/ESP). */

@@ -2,12 +2,12 @@
  * End to end: faults, one at a time, with traffic running (100 packets/s through a-b and
  * through a-c, the strongSwan peer). For each fault: lost packets, the longest outage and
  * the seconds until every tunnel is up again; the table is printed at the end.
- * Own lab (instance "e2efault").
+ * Own lab (instance "e2efault", or e2efault1.. while another run holds it: see e2eLab).
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PingFlow, nsHost, ping, sleep, type FlowResult, type Lab } from '@fleetswan/lab';
-import { EventLog, assertServicesPresent, e2eLab, labPreconditions, logger, table } from './common.js';
+import { EventLog, assertServicesPresent, e2eLab, keptLabHint, labPreconditions, logger, table } from './common.js';
 
 const skip = labPreconditions();
 const log = logger('faults');
@@ -35,7 +35,8 @@ describe('e2e faults (one at a time, traffic running)', { skip: skip ?? false, c
     const t: (string | number)[][] = [['fault', 'lost a-b', 'lost a-c', 'longest gap a-b', 'longest gap a-c', 'all up after (s)', 'IKE_SAs set up', 'note']];
     for (const r of rows) t.push([r.fault, `${r.ab.lost}/${r.ab.sent}`, `${r.ac.lost}/${r.ac.sent}`, `${r.ab.longestGapS.toFixed(2)} s`, `${r.ac.longestGapS.toFixed(2)} s`, r.recoveryS.toFixed(1), r.ikeUps, r.note]);
     process.stderr.write(`\n# e2e fault table (100 packets/s per flow)\n${table(t).replace(/^/gm, '# ')}\n`);
-    if (lab && process.env.FLEETSWAN_KEEP_LAB !== '1') await lab.down();
+    if (lab && process.env.FLEETSWAN_KEEP_LAB === '1') process.stderr.write(`# ${keptLabHint(lab)}\n`);
+    else if (lab) await lab.down();
   });
 
   /**

@@ -3,7 +3,8 @@
  * checked the way an operator would: tunnels up in `fleetswan status`, traffic through each
  * (ping, iperf3), captures on the transit network, live changes, rekeys under load, tunnel
  * down with trap policies, secret rotation, and the strongSwan side's own view.
- * One lab for the whole file (instance "e2efleet"); each test leaves every tunnel up.
+ * One lab for the whole file (instance "e2efleet", or e2efleet1.. while another run holds it:
+ * see e2eLab); each test leaves every tunnel up.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,7 +12,7 @@ import {
   ALT_PROPOSALS, PingFlow, peerPsk, addUnderlayRoutes, iperf3, nsHost, ping, removeUnderlayRoutes, sleep, waitFor,
   type FlowResult, type Lab,
 } from '@fleetswan/lab';
-import { EventLog, assertServicesPresent, captureTransit, e2eLab, labPreconditions, logger, peerSas, table, transitVerdict } from './common.js';
+import { EventLog, assertServicesPresent, captureTransit, e2eLab, keptLabHint, labPreconditions, logger, peerSas, table, transitVerdict } from './common.js';
 
 const skip = labPreconditions();
 const log = logger('fleet');
@@ -30,7 +31,8 @@ describe('e2e fleet (gw-a, gw-b fleetswan userspace; gw-c strongSwan)', { skip: 
 
   after(async () => {
     process.stderr.write(`\n# e2e fleet figures\n${table(figures).replace(/^/gm, '# ')}\n`);
-    if (lab && process.env.FLEETSWAN_KEEP_LAB !== '1') await lab.down();
+    if (lab && process.env.FLEETSWAN_KEEP_LAB === '1') process.stderr.write(`# ${keptLabHint(lab)}\n`);
+    else if (lab) await lab.down();
   });
 
   const hostOf = (label: string): string => nsHost(lab.c, lab.gw(label));

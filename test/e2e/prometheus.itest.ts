@@ -17,7 +17,8 @@
  *     except those whose missing series are listed in EMPTY with the reason: "never"
  *     (cannot exist in this lab: asserted empty) or "event" (counters created at the first
  *     error: empty unless it happened). Nothing is skipped.
- * One lab for the file (instance "e2eprom", management net 198.18.5.0/24).
+ * One lab for the file (instance "e2eprom", management net 198.18.5.0/24; e2eprom1.. on
+ * 198.18.21.0/24.. while another run holds it: see e2eLab).
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -25,10 +26,10 @@ import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
 import {
-  PROMETHEUS, fleetGateways, labScrapeJobs, makeLabConfig, nsHost, ping, sleep, startLabPrometheus, stopLabPrometheus, waitFor,
+  PROMETHEUS, fleetGateways, labScrapeJobs, nsHost, ping, sleep, startLabPrometheus, stopLabPrometheus, waitFor,
   type Lab, type LabPrometheus, type VectorSample,
 } from '@fleetswan/lab';
-import { REPO, assertServicesPresent, e2eLab, labPreconditions, logger, table } from './common.js';
+import { REPO, assertServicesPresent, e2eLab, keptLabHint, labPreconditions, logger, table } from './common.js';
 import { needExecutable, skipReason } from '../harness/util.js';
 
 const skip = labPreconditions() ?? skipReason(needExecutable(PROMETHEUS));
@@ -113,8 +114,6 @@ describe('e2e Prometheus: a real Prometheus scrapes the lab; dashboard and alert
 
   before(async () => {
     await assertServicesPresent();
-    // a Prometheus left by an interrupted run (before e2eLab's down() removes its pid file)
-    await stopLabPrometheus(makeLabConfig({ instance: 'e2eprom', stateDir: '/var/tmp/fleetswan-lab-e2eprom', repoDir: REPO }));
     lab = await e2eLab('e2eprom', '198.18.5');
     const t0 = Date.now();
     await lab.up({ step: log, tunnelTimeoutMs: 90_000 });
@@ -137,7 +136,7 @@ describe('e2e Prometheus: a real Prometheus scrapes the lab; dashboard and alert
   after(async () => {
     process.stderr.write(`\n# e2e prometheus figures\n${table(figures).replace(/^/gm, '# ')}\n`);
     if (process.env.FLEETSWAN_KEEP_LAB === '1') {
-      if (prom) process.stderr.write(`# kept: lab e2eprom, prometheus ${prom.url}\n`);
+      if (lab) process.stderr.write(`# ${keptLabHint(lab)}${prom ? `; prometheus ${prom.url}` : ''}\n`);
       return;
     }
     if (lab) await stopLabPrometheus(lab.c, { removeData: true });

@@ -3,13 +3,17 @@
  * hub-and-spoke (gw-01 is the hub: N-1 tunnels), userspace ESP. The gateways are enrolled
  * and running on a spec without connections; then the tunnels are applied and the clock
  * runs from `fleetswan apply` until `fleetswan status` shows every connection end up.
- * Prints convergence time and the memory (RSS) of the agents and dataplanes per tunnel.
+ * Then what a user checks: `fleetswan status` still shows every gateway up and every end
+ * established 20 s later, one IKE SA and one CHILD SA per tunnel end, and pings go through a
+ * sample of tunnels both ways (spoke site -> hub site, hub site -> spoke site). Prints the
+ * convergence time, the load average and the memory (RSS) of the agents and dataplanes per
+ * tunnel. Instance "e2escale" on 198.18.3.0/24 (e2escale1.. while another run holds it).
  */
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { Lab, makeGateway, sleep, waitFor } from '@fleetswan/lab';
-import { assertServicesPresent, e2eLab, labPreconditions, logger, table } from './common.js';
+import { Lab, makeGateway, sleep, waitFor, type LabGateway } from '@fleetswan/lab';
+import { assertServicesPresent, e2eLab, keptLabHint, labPreconditions, logger, table } from './common.js';
 
 const N = Number(process.env.FLEETSWAN_E2E_SCALE ?? 0);
 const skip = N > 0 ? labPreconditions() : 'scale run: set FLEETSWAN_E2E_SCALE=50 (50 gateways, 100 node processes, about 5 minutes)';
@@ -24,18 +28,24 @@ const rssKb = (pid: number | undefined): number => {
   }
 };
 
+const loadavg = (): string => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+
 describe(`e2e scale: ${N || 50} gateways, hub and spoke`, { skip: skip ?? false, timeout: 1_800_000 }, () => {
   let lab: Lab | undefined;
   after(async () => {
-    if (lab && process.env.FLEETSWAN_KEEP_LAB !== '1') await lab.down();
+    if (lab && process.env.FLEETSWAN_KEEP_LAB === '1') process.stderr.write(`# ${keptLabHint(lab)}\n`);
+    else if (lab) await lab.down();
   });
 
-  test('apply -> all tunnels established; memory per tunnel', async () => {
+  test('apply -> all tunnels established; traffic both ways through sample tunnels; memory per tunnel', async () => {
     await assertServicesPresent();
-    const mgmt = '198.18.3';
-    const gws = Array.from({ length: N }, (_, i) => makeGateway(i + 1, String(i + 1).padStart(2, '0'), 'fleetswan', mgmt, false));
-    lab = await e2eLab('e2escale', mgmt, { gateways: gws, siteHosts: false });
+    const mkGws = (mgmt: string): LabGateway[] =>
+      Array.from({ length: N }, (_, i) => makeGateway(i + 1, String(i + 1).padStart(2, '0'), 'fleetswan', mgmt, false));
+    lab = await e2eLab('e2escale', '198.18.3', { gateways: mkGws, siteHosts: false });
     const l = lab;
+    const gws = l.c.gateways;
+    const hub = gws[0]!;
+    const spokes = gws.slice(1);
     l.topology = 'hub';
     const t0 = Date.now();
     await l.up({ topology: 'hub', specOptions: { omitTunnels: true }, verify: false, step: log });
@@ -47,40 +57,70 @@ describe(`e2e scale: ${N || 50} gateways, hub and spoke`, { skip: skip ?? false,
     const procs = (kind: string): number[] => gws.map((g) => rssKb(l.pid(`${g.name}.${kind}`)));
     const base = { agent: procs('ikeagent'), dp: procs('dataplane') };
 
+    const load0 = loadavg();
+    log(`fleetswan apply: ${N - 1} tunnels (load average ${load0})`);
     const t1 = Date.now();
     await l.apply(l.renderSpec({ topology: 'hub' }), 'scale.yaml');
-    const convergeS = await l.waitAllUp(600_000, log);
+    await l.waitAllUp(600_000, log);
     const applyToUpS = (Date.now() - t1) / 1000;
+    const load1 = loadavg();
     await sleep(3000);
     const now = { agent: procs('ikeagent'), dp: procs('dataplane') };
     const tunnels = l.tunnels.length;
     const sum = (a: number[]): number => a.reduce((x, y) => x + y, 0);
     const mb = (kb: number): string => (kb / 1024).toFixed(1);
+    const perTunnel = (before: number, after: number, n: number): string => `${mb(before)} -> ${mb(after)} MB: ${((after - before) / 1024 / n).toFixed(2)} MB per tunnel`;
+    const spokeGrowth = (k: 'agent' | 'dp'): number => (sum(now[k].slice(1)) - sum(base[k].slice(1))) / spokes.length;
     const rows: (string | number)[][] = [['figure', 'value'],
       ['gateways / tunnels (hub and spoke)', `${N} / ${tunnels}`],
       ['namespaces + daemons + enrollment until all agents report', `${startS.toFixed(1)} s`],
-      ['apply -> every connection end up (fleetswan status)', `${applyToUpS.toFixed(1)} s (waited ${convergeS.toFixed(1)} s)`],
-      ['hub ikeagent RSS before -> after', `${mb(base.agent[0]!)} -> ${mb(now.agent[0]!)} MB (${((now.agent[0]! - base.agent[0]!) / (N - 1)).toFixed(0)} kB per tunnel)`],
-      ['hub dataplane RSS before -> after', `${mb(base.dp[0]!)} -> ${mb(now.dp[0]!)} MB (${((now.dp[0]! - base.dp[0]!) / (N - 1)).toFixed(0)} kB per tunnel)`],
-      ['all ikeagents RSS total (after)', `${mb(sum(now.agent))} MB = ${mb(sum(now.agent) / tunnels)} MB per tunnel`],
-      ['all dataplanes RSS total (after)', `${mb(sum(now.dp))} MB = ${mb(sum(now.dp) / tunnels)} MB per tunnel`],
-      ['agent+dataplane RSS growth per tunnel end', `${((sum(now.agent) + sum(now.dp) - sum(base.agent) - sum(base.dp)) / (2 * tunnels)).toFixed(0)} kB`],
+      ['apply -> every connection end up (fleetswan status)', `${applyToUpS.toFixed(1)} s`],
+      ['load average (1, 5, 15 min) at apply / at all up', `${load0} / ${load1}`],
+      [`hub ikeagent RSS (${tunnels} tunnels)`, perTunnel(base.agent[0]!, now.agent[0]!, tunnels)],
+      [`hub dataplane RSS (${tunnels} tunnels)`, perTunnel(base.dp[0]!, now.dp[0]!, tunnels)],
+      ['spoke ikeagent / dataplane RSS growth (1 tunnel each, mean)', `${mb(spokeGrowth('agent'))} / ${mb(spokeGrowth('dp'))} MB`],
+      [`all ${2 * N} ikeagent + dataplane processes, RSS (after)`, `${mb(sum(now.agent) + sum(now.dp))} MB, ${mb((sum(now.agent) + sum(now.dp)) / N)} MB per gateway (node's ~75 MB baseline per process included)`],
     ];
-    // stable? 20 s later every end must still be up, and traffic must flow spoke -> hub
+    const report = (): void => { process.stderr.write(`\n# e2e scale figures\n${table(rows).replace(/^/gm, '# ')}\n`); };
+
+    // What a user checks: `fleetswan status` says every gateway up and every connection end
+    // established, with one IKE SA and one CHILD SA per tunnel end (no duplicates), still 20 s later.
     await sleep(20_000);
     const later = await l.notUp();
-    const hub = gws[0]!;
-    const sample = [gws[1]!, gws[Math.floor(N / 2)]!, gws[N - 1]!];
+    rows.push(['20 s later: connection ends not up', later.length === 0 ? 'none' : `${later.length}: ${later.slice(0, 3).join('; ')}${later.length > 3 ? '; ...' : ''}`]);
+    const ends = 2 * tunnels;
+    const want = `${N}/${N} gateways up, ${ends}/${ends} connection ends established`;
+    let summary = '';
+    let counts = '';
+    const countsOk = async (): Promise<boolean> => {
+      const text = (await l.fleetswan(['status'], { timeoutMs: 20_000 })).stdout;
+      summary = text.split('\n')[0] ?? '';
+      const gs = (await l.fleetStatus()).gateways ?? [];
+      const sas = (name: string): string => { const g = gs.find((x) => x.name === name); return `${g?.ikeSas ?? 0}/${g?.childSas ?? 0}`; };
+      const odd = spokes.filter((g) => sas(g.name) !== '1/1').map((g) => `${g.name} ${sas(g.name)}`);
+      counts = `hub ${sas(hub.name)}; spokes not 1/1: ${odd.length ? odd.join(', ') : 'none'}`;
+      return summary.includes(want) && sas(hub.name) === `${tunnels}/${tunnels}` && odd.length === 0;
+    };
+    // statuses are republished every 10 s: a duplicate being deleted may still be counted once
+    const statusOk = await waitFor('fleetswan status: all established, one IKE and one CHILD SA per end', countsOk, { timeoutMs: 30_000, intervalMs: 2000 }).then(() => true, () => false);
+    rows.push(['fleetswan status', summary]);
+    rows.push(['IKE SAs / CHILD SAs per gateway', counts]);
+
+    // traffic through a sample of tunnels, both ways: spoke site -> hub site and hub site -> spoke site
+    const sample = [...new Set([spokes[0]!, spokes[Math.floor(spokes.length / 2)]!, spokes[spokes.length - 1]!])];
     const pings: string[] = [];
+    const pingFrom = async (from: LabGateway, to: LabGateway): Promise<void> => {
+      const p = await l.exec(from.name, ['ping', '-c', '3', '-i', '0.2', '-W', '2', '-I', from.siteGwAddr, to.siteGwAddr], { allowFail: true });
+      pings.push(`${from.name}->${to.name} ${p.stdout.match(/(\d+) received/)?.[1] ?? 0}/3`);
+    };
     for (const g of sample) {
-      const p = await l.exec(g.name, ['ping', '-c', '3', '-i', '0.2', '-W', '2', '-I', g.siteGwAddr, hub.siteGwAddr], { allowFail: true });
-      const m = p.stdout.match(/(\d+) received/);
-      pings.push(`${g.name}->${hub.name} ${m ? m[1] : 0}/3`);
+      await pingFrom(g, hub);
+      await pingFrom(hub, g);
     }
-    rows.push(['20 s later: connection ends not up', later.length === 0 ? 'none' : `${later.length}: ${later.slice(0, 2).join('; ')}${later.length > 2 ? '; ...' : ''}`]);
-    rows.push(['ping spoke site -> hub site (3 samples)', pings.join(', ')]);
-    process.stderr.write(`\n# e2e scale figures\n${table(rows).replace(/^/gm, '# ')}\n`);
+    rows.push(['ping site to site (3 each)', pings.join(', ')]);
+    report();
     assert.deepEqual(later, [], `20 s after convergence ${later.length} connection ends are no longer up`);
-    assert.ok(pings.every((x) => x.endsWith(' 3/3')), `traffic spoke -> hub: ${pings.join(', ')}`);
+    assert.ok(statusOk, `fleetswan status: want "${want}", one IKE SA and one CHILD SA per tunnel end; got "${summary}", ${counts}`);
+    assert.ok(pings.every((x) => x.endsWith(' 3/3')), `traffic through the hub: ${pings.join(', ')}`);
   });
 });
