@@ -11,11 +11,11 @@
 # install slower: keep -n moderate). Prints a table (every run, then the medians and the
 # ratio) and the memory per established IKE SA with --mem-sas SAs held (no warm-up there).
 #
-# usage: bench/ike-handshake.sh [-n 4000] [--warmup 1000] [-c 64] [--workers 2] [--runs 3] [--mem-sas 10000] [--keep-logs]
+# usage: bench/ike-handshake.sh [-n 4000] [--warmup 1000] [-c 64] [--workers 2] [--runs 3] [--mem-sas 10000] [--keep-logs] [--only charon|fleetswan]
 # Needs root, /usr/lib/ipsec/charon, swanctl and a build (npx tsc -b services/ikeagent packages/cli).
 set -euo pipefail
 
-N=4000 WARMUP=1000 C=64 WORKERS=2 RUNS=3 MEM=10000 KEEP=0
+N=4000 WARMUP=1000 C=64 WORKERS=2 RUNS=3 MEM=10000 KEEP=0 ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -n) N=$2; shift 2 ;;
@@ -25,6 +25,7 @@ while [ $# -gt 0 ]; do
     --runs) RUNS=$2; shift 2 ;;
     --mem-sas) MEM=$2; shift 2 ;;
     --keep-logs) KEEP=1; shift ;;
+    --only) ONLY=$2; shift 2 ;;
     -h|--help) sed -n 2,17p "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -41,11 +42,16 @@ IKE=aes256gcm16-prfsha256-curve25519 ESP=aes256gcm16
 PSK="bench pre-shared key, 32+ bytes long"
 NI=ix-bi-$$ NR=ix-br-$$ I_ADDR=192.0.2.1 R_ADDR=192.0.2.2
 D=$(mktemp -d /tmp/ix-ikebench.XXXXXX)
-RESP_PID=""
+RESP_PID="" RESP_KIND=""
 
 stop_responder() {
   # SIGKILL: nothing is measured after a run, and a graceful charon would first send an
   # INFORMATIONAL delete for each of its thousands of IKE SAs.
+  if [ -n "$RESP_PID" ] && [ -n "${FS_PROFILE_DIR:-}" ] && [ "$RESP_KIND" = fleetswan ]; then
+    # profiling: node writes the .cpuprofile on a clean exit (SIGTERM; SAs are kept, no deletes)
+    kill -TERM "$RESP_PID" 2>/dev/null || true
+    for _ in $(seq 300); do kill -0 "$RESP_PID" 2>/dev/null || break; sleep 0.1; done
+  fi
   if [ -n "$RESP_PID" ]; then
     kill -9 "$RESP_PID" 2>/dev/null || true
     wait "$RESP_PID" 2>/dev/null || true
@@ -141,7 +147,7 @@ EOF
 start_charon() {
   rm -f "$D/charon/run/charon.pid" "$D/charon/charon.vici" "$D/charon/charon.log"
   ip netns exec "$NR" sh -c "mount --bind '$D/charon/run' /run && STRONGSWAN_CONF='$D/charon/strongswan.conf' exec $CHARON" >>"$D/charon/stdout.log" 2>&1 &
-  RESP_PID=$!
+  RESP_PID=$! RESP_KIND=charon
   for _ in $(seq 100); do [ -S "$D/charon/charon.vici" ] && break; sleep 0.1; done
   STRONGSWAN_CONF="$D/charon/strongswan.conf" swanctl --load-all --file "$D/charon/swanctl.conf" --uri "unix://$D/charon/charon.vici" >"$D/charon/swanctl.log" 2>&1 \
     || { cat "$D/charon/swanctl.log" >&2; exit 1; }
@@ -175,9 +181,10 @@ EOF
 
 start_fleetswan() {
   : >"$D/fleetswan/agent.log"   # one log per run: "ikeagent running" below must be this run's
-  ip netns exec "$NR" node "$FS" ikeagent --config "$D/fleetswan/agent.yaml" --dataplane fake --control-socket "" \
+  # FS_PROFILE_DIR=DIR: a CPU profile of each fleetswan responder (node --cpu-prof; bench/ike/cpuprofile-top.mjs)
+  ip netns exec "$NR" node ${FS_PROFILE_DIR:+--cpu-prof --cpu-prof-dir="$FS_PROFILE_DIR"} "$FS" ikeagent --config "$D/fleetswan/agent.yaml" --dataplane fake --control-socket "" \
     --metrics-port=-1 --address "$R_ADDR" --log-level info >>"$D/fleetswan/agent.log" 2>&1 &
-  RESP_PID=$!
+  RESP_PID=$! RESP_KIND=fleetswan
   for _ in $(seq 100); do grep -q "ikeagent running" "$D/fleetswan/agent.log" 2>/dev/null && break; sleep 0.1; done
 }
 
@@ -192,18 +199,18 @@ warmup() {
 bench() { # label count settle-ms
   ip netns exec "$NI" node "$FS" bench ike "$R_ADDR" -n "$2" -c "$C" --workers "$WORKERS" --ike "$IKE" --esp "$ESP" \
     --psk "$PSK" --local "$I_ADDR" --pid "$RESP_PID" --settle-ms "$3" --label "$1" --json >>"$RESULTS" || true
-  tail -n1 "$RESULTS" | node -e 'const r=JSON.parse(require("fs").readFileSync(0,"utf8"));process.stderr.write(`  ${r.label}: ${r.done}/${r.count} in ${r.seconds.toFixed(2)} s = ${r.rate.toFixed(0)}/s, responder ${r.responder.cpuMsPerHandshake.toFixed(3)} ms CPU/handshake${r.failed?`, ${r.failed} FAILED ${JSON.stringify(r.errors)}`:""}\n`)'
+  tail -n1 "$RESULTS" | node -e 'const r=JSON.parse(require("fs").readFileSync(0,"utf8"));const t=r.responder.threads.slice(0,4).map((x)=>`${x.name} ${(100*x.busy).toFixed(0)}%`).join(" ");process.stderr.write(`  ${r.label}: ${r.done}/${r.count} in ${r.seconds.toFixed(2)} s = ${r.rate.toFixed(0)}/s, responder ${r.responder.cpuMsPerHandshake.toFixed(3)} ms CPU/handshake (threads: ${t}), generator ${r.generatorCpuMsPerHandshake.toFixed(3)} ms/handshake, host ${(100*r.hostBusy).toFixed(0)}% busy of ${r.hostCpus} CPUs${r.failed?`, ${r.failed} FAILED ${JSON.stringify(r.errors)}`:""}\n`)'
 }
 
 echo "IKEv2 handshakes: $N per run after $WARMUP not measured, $C in flight, $WORKERS generator threads, $RUNS runs each, $IKE / $ESP, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 for r in $(seq "$RUNS"); do
-  start_charon; warmup; bench charon "$N" 0; stop_responder
-  start_fleetswan; warmup; bench fleetswan "$N" 0; stop_responder
+  if [ "$ONLY" != fleetswan ]; then start_charon; warmup; bench charon "$N" 0; stop_responder; fi
+  if [ "$ONLY" != charon ]; then start_fleetswan; warmup; bench fleetswan "$N" 0; stop_responder; fi
 done
 if [ "$MEM" -gt 0 ]; then
   echo "memory: $MEM SAs held" >&2
-  start_charon; bench charon-mem "$MEM" 2000; stop_responder
-  start_fleetswan; bench fleetswan-mem "$MEM" 2000; stop_responder
+  if [ "$ONLY" != fleetswan ]; then start_charon; bench charon-mem "$MEM" 2000; stop_responder; fi
+  if [ "$ONLY" != charon ]; then start_fleetswan; bench fleetswan-mem "$MEM" 2000; stop_responder; fi
 fi
 
 node - "$RESULTS" <<'EOF'

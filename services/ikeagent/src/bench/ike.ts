@@ -11,7 +11,8 @@
  * same identity (no INITIAL_CONTACT is sent; charon: unique = no; fleetswan:
  * unique_ids: false), or use --id with %d for one identity per handshake.
  */
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { parseArgs } from "node:util";
 import { Worker } from "node:worker_threads";
 import { UsageError, type CliCommand } from "@fleetswan/common";
@@ -50,6 +51,36 @@ export function procCpuSeconds(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / CLK_TCK;
 }
 
+/** CPU seconds per thread of a process (thread name -> utime+stime, threads of one name summed). */
+export function procThreadCpuSeconds(pid: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      // the main thread (tid = pid) apart from the helper threads of the same name (V8's GC and compiler threads are "node" too)
+      const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")) + (tid === String(pid) ? "/main" : "");
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      out[name] = (out[name] ?? 0) + (Number(f[11]) + Number(f[12])) / CLK_TCK;
+    } catch {
+      // the thread ended
+    }
+  }
+  return out;
+}
+
+/** Busy and total jiffies of the whole host (/proc/stat "cpu" line; busy = all but idle and iowait). */
+export function hostCpuJiffies(): { busy: number; total: number } {
+  const f = readFileSync("/proc/stat", "utf8").split("\n", 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = f.reduce((a, b) => a + b, 0);
+  return { busy: total - (f[3] ?? 0) - (f[4] ?? 0), total };
+}
+
 /** Resident set size of a process, bytes. */
 export function procRssBytes(pid: number): number {
   const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
@@ -72,7 +103,21 @@ export interface IkeBenchResult {
   p99Ms: number;
   maxMs: number;
   generatorCpuSeconds: number;
-  responder?: { pid: number; cpuSeconds: number; cpuMsPerHandshake: number; rssBefore: number; rssAfter: number; rssPerSa: number };
+  /** Generator CPU (all its threads) per completed handshake, ms. */
+  generatorCpuMsPerHandshake: number;
+  /** Share of the host's CPUs busy during the run (everything on the machine, 1 = all saturated), and how many. */
+  hostBusy: number;
+  hostCpus: number;
+  responder?: {
+    pid: number;
+    cpuSeconds: number;
+    cpuMsPerHandshake: number;
+    rssBefore: number;
+    rssAfter: number;
+    rssPerSa: number;
+    /** CPU seconds per thread name during the run (the busiest first): is one thread the bound? */
+    threads: { name: string; cpuSeconds: number; busy: number }[];
+  };
 }
 
 function pct(sorted: Float64Array, q: number): number {
@@ -102,6 +147,8 @@ export async function runIkeBench(o: Omit<WorkerParams, "index" | "count" | "con
   });
   await allReady;
   const cpu0 = o.pid ? procCpuSeconds(o.pid) : 0;
+  const thr0 = o.pid ? procThreadCpuSeconds(o.pid) : {};
+  const host0 = hostCpuJiffies();
   const rss0 = o.pid ? procRssBytes(o.pid) : 0;
   const gen0 = process.cpuUsage();
   const finished = Promise.all(workers.map((wk) => new Promise<void>((r) => wk.once("exit", () => r()))));
@@ -111,6 +158,8 @@ export async function runIkeBench(o: Omit<WorkerParams, "index" | "count" | "con
   for (const wk of workers) wk.postMessage({ kind: "go" });
   await gotAll;
   const cpu1 = o.pid ? procCpuSeconds(o.pid) : 0;
+  const thr1 = o.pid ? procThreadCpuSeconds(o.pid) : {};
+  const host1 = hostCpuJiffies();
   const gen1 = process.cpuUsage(gen0);
   for (const wk of workers) void wk.terminate();
   await finished;
@@ -143,18 +192,37 @@ export async function runIkeBench(o: Omit<WorkerParams, "index" | "count" | "con
     p99Ms: pct(all, 0.99),
     maxMs: all.length ? all[all.length - 1]! : 0,
     generatorCpuSeconds: (gen1.user + gen1.system) / 1e6,
-    ...(o.pid ? { responder: { pid: o.pid, cpuSeconds: cpu, cpuMsPerHandshake: done ? (cpu * 1000) / done : 0, rssBefore: rss0, rssAfter: rss1, rssPerSa: done ? (rss1 - rss0) / done : 0 } } : {}),
+    generatorCpuMsPerHandshake: done ? (gen1.user + gen1.system) / 1000 / done : 0,
+    hostBusy: host1.total > host0.total ? (host1.busy - host0.busy) / (host1.total - host0.total) : 0,
+    hostCpus: availableParallelism(),
+    ...(o.pid
+      ? {
+          responder: {
+            pid: o.pid,
+            cpuSeconds: cpu,
+            cpuMsPerHandshake: done ? (cpu * 1000) / done : 0,
+            rssBefore: rss0,
+            rssAfter: rss1,
+            rssPerSa: done ? (rss1 - rss0) / done : 0,
+            threads: Object.entries(thr1)
+              .map(([name, s]) => ({ name, cpuSeconds: s - (thr0[name] ?? 0), busy: seconds > 0 ? (s - (thr0[name] ?? 0)) / seconds : 0 }))
+              .filter((t) => t.cpuSeconds > 0)
+              .sort((a, b) => b.cpuSeconds - a.cpuSeconds),
+          },
+        }
+      : {}),
   };
 }
 
 export function formatIkeBench(r: IkeBenchResult): string {
   const l = [
     `${r.label ? `${r.label}: ` : ""}${r.done}/${r.count} handshakes against ${r.target} in ${r.seconds.toFixed(2)} s (${r.concurrency} in flight, ${r.workers} workers): ${r.rate.toFixed(0)} handshakes/s`,
-    `  latency p50 ${r.p50Ms.toFixed(1)} ms, p99 ${r.p99Ms.toFixed(1)} ms, max ${r.maxMs.toFixed(1)} ms; ${r.failed} failed, ${r.retransmits} retransmits; generator CPU ${r.generatorCpuSeconds.toFixed(2)} s`,
+    `  latency p50 ${r.p50Ms.toFixed(1)} ms, p99 ${r.p99Ms.toFixed(1)} ms, max ${r.maxMs.toFixed(1)} ms; ${r.failed} failed, ${r.retransmits} retransmits; generator CPU ${r.generatorCpuSeconds.toFixed(2)} s (${r.generatorCpuMsPerHandshake.toFixed(3)} ms/handshake); host CPUs ${(100 * r.hostBusy).toFixed(0)} % busy of ${r.hostCpus}`,
   ];
   if (r.responder) {
     const s = r.responder;
     l.push(`  responder pid ${s.pid}: CPU ${s.cpuSeconds.toFixed(2)} s = ${s.cpuMsPerHandshake.toFixed(3)} ms/handshake; RSS ${(s.rssBefore / 2 ** 20).toFixed(1)} -> ${(s.rssAfter / 2 ** 20).toFixed(1)} MiB (${(s.rssPerSa / 1024).toFixed(2)} KiB per SA)`);
+    l.push(`  responder threads: ${s.threads.slice(0, 6).map((t) => `${t.name} ${(100 * t.busy).toFixed(0)} %`).join(", ")}`);
   }
   for (const [k, v] of Object.entries(r.errors)) l.push(`  error ${v}x: ${k}`);
   return l.join("\n");

@@ -18,6 +18,7 @@ import type { ikeagent } from "@fleetswan/proto";
 import { FakeDataplane } from "../ike/engine/dataplane-fake.js";
 import type { DataplaneApi } from "../ike/engine/dataplane.js";
 import { IkeEngine } from "../ike/engine/engine.js";
+import { defaultCryptoWorkers } from "../ike/crypto/ke-offload.js";
 import { createEngineMetrics } from "../ike/engine/metrics.js";
 import type { RetransmitConfig } from "../ike/engine/task-manager.js";
 import type { Engine } from "../engine-api.js";
@@ -48,6 +49,8 @@ export interface AgentOptions {
   keepaliveSeconds?: number;
   /** RFC 7383: largest IKE message sent unfragmented (default 1232). */
   fragmentSize?: number;
+  /** Worker threads for the responder's IKE_SA_INIT key work (default defaultCryptoWorkers(); 0 = the event loop). */
+  cryptoWorkers?: number;
   /** Delete SAs on stop (default: keep them so a restart drops no traffic). */
   deleteOnStop?: boolean;
   version?: string;
@@ -86,9 +89,11 @@ export async function startAgent(opts: AgentOptions): Promise<Agent> {
     localAddresses: addresses,
     ...(opts.keepaliveSeconds !== undefined ? { keepaliveSeconds: opts.keepaliveSeconds } : {}),
     ...(opts.fragmentSize !== undefined ? { fragmentSize: opts.fragmentSize } : {}),
+    cryptoWorkers: opts.cryptoWorkers ?? defaultCryptoWorkers(),
     version: opts.version ?? "",
   });
   transport.onReceive((l, r, d) => engine.receive(l, r, d));
+  log.info({ cryptoWorkers: engine.keyExchange.threads }, engine.keyExchange.threads ? `IKE_SA_INIT key exchange in ${engine.keyExchange.threads} crypto worker thread(s)` : "IKE_SA_INIT key exchange on the event loop");
   await transport.bind(addresses());
 
   let loaded: LoadedConfig | undefined;

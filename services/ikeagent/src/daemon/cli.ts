@@ -35,6 +35,7 @@ STATE_DIR/enroll-token), or standalone from local files.
   --retransmit-tries N     retransmissions before giving up (default 5)
   --keepalive-seconds N    NAT-T keepalive interval when behind a NAT (default 20)
   --fragment-size N        largest IKE message sent unfragmented to peers that support RFC 7383 (default 1232)
+  --crypto-workers N       worker threads for the responder's IKE_SA_INIT key exchange (default: CPUs - 1, at most 4; 0 = on the event loop)
   --delete-on-exit         delete SAs (INFORMATIONAL delete) on SIGTERM; default keeps them
   --log-level LEVEL        debug, info, warn, error (default info, or $FLEETSWAN_LOG_LEVEL)
 
@@ -62,6 +63,7 @@ async function runAgent(argv: string[]): Promise<number> {
       "delete-on-exit": { type: "boolean" },
       "keepalive-seconds": { type: "string" },
       "fragment-size": { type: "string" },
+      "crypto-workers": { type: "string" },
       "log-level": { type: "string" },
       gateway: { type: "string" },
       "state-dir": { type: "string" },
@@ -118,6 +120,7 @@ async function runAgent(argv: string[]): Promise<number> {
     deleteOnStop: !!values["delete-on-exit"],
     ...(int("keepalive-seconds", values["keepalive-seconds"]) !== undefined ? { keepaliveSeconds: int("keepalive-seconds", values["keepalive-seconds"])! } : {}),
     ...(int("fragment-size", values["fragment-size"]) !== undefined ? { fragmentSize: int("fragment-size", values["fragment-size"])! } : {}),
+    ...(int("crypto-workers", values["crypto-workers"]) !== undefined ? { cryptoWorkers: int("crypto-workers", values["crypto-workers"])! } : {}),
     log,
   });
   log.info("ikeagent running");

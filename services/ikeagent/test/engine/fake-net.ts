@@ -63,7 +63,7 @@ export interface Node {
 /** Fast retransmission for tests: 100 ms, 1.8, 3 tries. */
 export const FAST = { timeoutMs: 100, base: 1.8, tries: 3 };
 
-export function makeNode(net: FakeNet, address: string, spiBase: number, opts: { cookieThreshold?: number; random?: () => number; fragmentSize?: number; retransmit?: typeof FAST } = {}): Node {
+export function makeNode(net: FakeNet, address: string, spiBase: number, opts: { cookieThreshold?: number; random?: () => number; fragmentSize?: number; retransmit?: typeof FAST; cryptoWorkers?: number } = {}): Node {
   const dp = new FakeDataplane(spiBase);
   const logs: string[] = [];
   const sink = new Writable({
@@ -79,6 +79,7 @@ export function makeNode(net: FakeNet, address: string, spiBase: number, opts: {
     retransmit: opts.retransmit ?? FAST,
     cookieThreshold: opts.cookieThreshold,
     ...(opts.fragmentSize ? { fragmentSize: opts.fragmentSize } : {}),
+    ...(opts.cryptoWorkers ? { cryptoWorkers: opts.cryptoWorkers } : {}),
     random: opts.random ?? (() => 0.5),
     localAddresses: () => [address],
   });

@@ -11,7 +11,7 @@ import { DhId, EncrId, IntegId, NotifyType, PayloadType, PrfId, ExchangeType, de
 import {
   AuthError, CookieJar, KeyExchangeError, SIGNATURE_ALGORITHM_IDENTIFIERS, SignatureScheme, addressBytes, createKeyExchange, createSkCipher,
   decodeSignatureHashAlgorithms, defaultSchemeFor, deriveChildKeys, encodeSignatureHashAlgorithms, integParams, modpPrime, parseSignatureAuthData,
-  prf, prfPlus, rekeySkeyseed, signAuthData, validatePublicValue, verifySignatureAuthData, type SignatureSchemeName,
+  deriveIkeKeys, deriveInitialIkeKeys, prf, prfPlus, rekeySkeyseed, skeyseed, signAuthData, validatePublicValue, verifySignatureAuthData, type SignatureSchemeName,
 } from "../../src/ike/crypto/index.js";
 
 const h = (s: string) => Buffer.from(s.replace(/\s+/g, ""), "hex");
@@ -242,6 +242,18 @@ test("prf+ (RFC 7296 §2.13) against a hand-derived expansion", () => {
   assert.equal(prfPlus(PrfId.HMAC_SHA2_512, K, S, 255 * 64).length, 255 * 64);
   assert.throws(() => prfPlus(PrfId.HMAC_SHA2_256, K, S, 255 * 32 + 1), RangeError);
   assert.throws(() => prf(PrfId.HMAC_SHA1, K, S), { code: "WEAK_CRYPTO" });
+});
+
+test("IKE SA keys in one HKDF call equal SKEYSEED + prf+ (RFC 7296 §2.14) for every PRF and cipher kind", () => {
+  const g = Buffer.alloc(32, 0x5a), ni = Buffer.alloc(32, 1), nr = Buffer.alloc(24, 2), spiI = Buffer.alloc(8, 3), spiR = Buffer.alloc(8, 4);
+  for (const prfId of [PrfId.HMAC_SHA2_256, PrfId.HMAC_SHA2_384, PrfId.HMAC_SHA2_512]) {
+    for (const c of [{ encr: EncrId.AES_GCM_16, encrKeyBits: 256, integ: IntegId.NONE }, { encr: EncrId.AES_CBC, encrKeyBits: 128, integ: IntegId.HMAC_SHA2_256_128 }]) {
+      const alg = { prf: prfId, ...c };
+      const want = deriveIkeKeys(alg, skeyseed(prfId, ni, nr, g), ni, nr, spiI, spiR);
+      const got = deriveInitialIkeKeys(alg, g, ni, nr, spiI, spiR);
+      for (const k of Object.keys(want) as (keyof typeof want)[]) assert.equal(hex(got[k]), hex(want[k]), `${k} prf ${prfId} encr ${c.encr}`);
+    }
+  }
 });
 
 test("CHILD SA KEYMAT (RFC 7296 §2.17): order and salt, with and without PFS", () => {

@@ -4,7 +4,7 @@
  * Keys are plain Buffers: callers wrap them in Secret (@fleetswan/common) when they keep
  * them, and never log them.
  */
-import { createHmac } from "node:crypto";
+import { createHmac, hkdfSync } from "node:crypto";
 import { prfHash, prfLength, integParams, encrKeyMaterialLength } from "./algorithms.js";
 
 /** prf(K, S) (RFC 7296 §2.13): HMAC with the PRF's hash (RFC 4868). */
@@ -95,6 +95,34 @@ export function deriveIkeKeys(alg: IkeKeyAlgorithms, seed: Buffer, ni: Buffer, n
   const skPi = take(pl);
   const skPr = take(pl);
   km.fill(0);
+  return { skD, skAi, skAr, skEi, skEr, skPi, skPr };
+}
+
+/**
+ * SKEYSEED and the seven IKE SA keys of a new IKE SA in one native call (RFC 7296 §2.14,
+ * the same octets as skeyseed() + deriveIkeKeys()). For the HMAC PRFs (the only ones
+ * fleetswan implements, RFC 4868) the two steps are exactly HKDF (RFC 5869):
+ *   SKEYSEED = prf(Ni | Nr, g^ir)                 = HKDF-Extract(salt = Ni | Nr, IKM = g^ir)
+ *   prf+ (SKEYSEED, Ni | Nr | SPIi | SPIr)        = HKDF-Expand(PRK = SKEYSEED, info = Ni | Nr | SPIi | SPIr, L)
+ * (prf+ §2.13: T1 = prf(K, S | 0x01), T2 = prf(K, T1 | S | 0x02) ... is HKDF-Expand's
+ * T(i) = HMAC(PRK, T(i-1) | info | i)). SKEYSEED never exists outside OpenSSL.
+ */
+export function deriveInitialIkeKeys(alg: IkeKeyAlgorithms, sharedSecret: Buffer, ni: Buffer, nr: Buffer, spiI: Buffer, spiR: Buffer): IkeSaKeys {
+  const pl = prfLength(alg.prf);
+  const al = integParams(alg.integ)?.keyLength ?? 0;
+  const el = encrKeyMaterialLength(alg.encr, alg.encrKeyBits);
+  const nonces = Buffer.concat([ni, nr]);
+  // A buffer of its own (not the shared pool), as keyCutter makes: the keys live as long as the SA.
+  const store = Buffer.from(hkdfSync(prfHash(alg.prf), sharedSecret, nonces, Buffer.concat([nonces, spiI, spiR]), 3 * pl + 2 * al + 2 * el));
+  let o = 0;
+  const take = (n: number): Buffer => store.subarray(o, (o += n));
+  const skD = take(pl);
+  const skAi = take(al);
+  const skAr = take(al);
+  const skEi = take(el);
+  const skEr = take(el);
+  const skPi = take(pl);
+  const skPr = take(pl);
   return { skD, skAi, skAr, skEi, skEr, skPi, skPr };
 }
 

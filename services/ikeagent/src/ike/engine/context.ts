@@ -12,6 +12,7 @@ import type { IkeFailure } from "./failure.js";
 import type { EngineMetrics } from "./metrics.js";
 import type { CookieJar } from "./keymat.js";
 import type { PolicyTable } from "./policies.js";
+import type { KeyExchangeRunner } from "../crypto/ke-offload.js";
 
 export interface EngineCore {
   readonly log: Logger;
@@ -20,6 +21,8 @@ export interface EngineCore {
   readonly cookies: CookieJar;
   /** The connections' policies, reference-counted by their CHILD SAs. */
   readonly policies: PolicyTable;
+  /** Who computes the responder's IKE_SA_INIT keys (the event loop, or crypto worker threads). */
+  readonly keyExchange: KeyExchangeRunner;
   /** All connections, in configuration order. */
   connections(): ConnRuntime[];
   /** Trusted CA certificates (PEM) from the config. */

@@ -21,6 +21,7 @@ import type { DataplaneApi } from "./dataplane.js";
 import { IkeFailure, Reason } from "./failure.js";
 import { CookieJar } from "./keymat.js";
 import { randomPublic } from "../crypto/random.js";
+import { InlineKeyExchange, KeyExchangePool, type KeyExchangeRunner } from "../crypto/ke-offload.js";
 import { createEngineMetrics, type EngineMetrics } from "./metrics.js";
 import { PolicyTable } from "./policies.js";
 import { ChildSa, IkeSa, type Endpoint } from "./sa.js";
@@ -59,6 +60,11 @@ export interface EngineOptions {
   localAddresses?: () => string[];
   /** Inbound SA of a rekeyed CHILD SA kept this long after its delete (default REKEYED_INBOUND_DELAY_MS). */
   rekeyedInboundDelayMs?: number;
+  /**
+   * Worker threads for the responder's IKE_SA_INIT key exchange and key derivation
+   * (crypto/ke-offload.ts); 0 (the default) computes them on the event loop.
+   */
+  cryptoWorkers?: number;
   /** Random source in [0,1) for rekey jitter (tests fix it). */
   random?: () => number;
   gateway?: string;
@@ -88,6 +94,7 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
   readonly metrics: EngineMetrics;
   readonly cookies = new CookieJar();
   readonly policies: PolicyTable;
+  readonly keyExchange: KeyExchangeRunner;
   readonly #transport: Transport;
   readonly #retransmit: RetransmitConfig;
   readonly #opts: EngineOptions;
@@ -95,7 +102,12 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
   #connState = new Map<string, ConnState>();
   #sas = new Map<string, IkeSa>();
   #halfOpen = new Map<string, IkeSa>();
-  /** Established IKE SAs by connection and peer identity (uniqueids, INITIAL_CONTACT) without a scan of every SA. */
+  /**
+   * Established IKE SAs by connection, peer identity and who initiated them (uniqueids,
+   * INITIAL_CONTACT, the duplicate rule) without a scan of every SA. Split by role because
+   * the duplicate rule only looks at SAs the other end initiated: a responder holding
+   * thousands of SAs of one identity (unique_ids false) must not scan them per handshake.
+   */
   #byPeer = new Map<string, Set<IkeSa>>();
   #routed = new Set<string>();
   #reqids = new Map<string, number>();
@@ -128,6 +140,7 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
       onRetransmit: (_s, task) => this.metrics.retransmissions.inc({ exchange: nameOf(ExchangeType, task.exchange) }),
     };
     this.policies = new PolicyTable(this.dp, this.log);
+    this.keyExchange = opts.cryptoWorkers ? new KeyExchangePool(opts.cryptoWorkers, (m) => this.log.error(m)) : new InlineKeyExchange();
     this.#unwatch = this.dp.watchEvents((e) => void this.#onDataplaneEvent(e));
     const offReconnect = this.dp.onReconnect?.(() => void this.resync());
     if (offReconnect) {
@@ -190,9 +203,11 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     this.#dropHalfOpen(sa);
     this.register(sa);
     const peerKey = `${conn.name}\0${sa.remoteIdText}`;
-    let peers = this.#byPeer.get(peerKey);
-    if (!peers) this.#byPeer.set(peerKey, (peers = new Set()));
+    const roleKey = (initiator: boolean): string => `${peerKey}\0${initiator ? "i" : "r"}`;
+    let peers = this.#byPeer.get(roleKey(sa.initiator));
+    if (!peers) this.#byPeer.set(roleKey(sa.initiator), (peers = new Set()));
     peers.add(sa); // before the loop below: a destroyed last member must not drop the set from the map
+    const others = this.#byPeer.get(roleKey(!sa.initiator));
     const st = this.#state(conn.name);
     st.attempts = 0;
     if (st.retry) clearTimeout(st.retry);
@@ -202,11 +217,11 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     } else {
       this.event("ike_up", conn.name, `IKE SA #${sa.uniqueId} established with ${sa.remote.address} ('${sa.remoteIdText}'): ${this.#ikeAlgText(sa)}`);
       // Both ends initiated at once: the duplicate goes by a rule both ends compute alike (see #duplicateOf).
-      const dup = this.#duplicateOf(sa, peers);
+      const dup = others ? this.#duplicateOf(sa, others) : undefined;
       // §2.4 INITIAL_CONTACT / uniqueids: an older IKE SA with the same peer identity goes.
       // (Without either, SAs of one identity may pile up: do not look at them at all.)
       const replace = sa.initialContact || (conn.uniqueIds && !sa.initiator);
-      if (replace) for (const other of peers) {
+      if (replace) for (const other of [...peers, ...(others ?? [])]) {
         if (other === sa || other === dup || other.conn?.name !== conn.name || other.remoteIdText !== sa.remoteIdText || other.state !== "established") continue;
         if (sa.initialContact) {
           this.log.info({ conn: conn.name, old: other.uniqueId }, "peer sent INITIAL_CONTACT: deleting the old IKE SA without notice");
@@ -362,7 +377,7 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     if (this.#sas.get(hex(sa.mySpi)) === sa) this.#sas.delete(hex(sa.mySpi));
     this.#dropHalfOpen(sa);
     if (sa.conn) {
-      const peerKey = `${sa.conn.name}\0${sa.remoteIdText}`;
+      const peerKey = `${sa.conn.name}\0${sa.remoteIdText}\0${sa.initiator ? "i" : "r"}`;
       const peers = this.#byPeer.get(peerKey);
       if (peers?.delete(sa) && peers.size === 0) this.#byPeer.delete(peerKey);
     }
@@ -470,10 +485,22 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
       if (r.kind === "reply") this.#transport.send(local, remote, r.packet);
       else if (r.kind === "sa") {
         const sa = r.sa;
+        // Registered (its SPI taken, its IKE_SA_INIT known) before the keys exist: a
+        // retransmitted request waits on the chain below, then gets the cached response.
         this.register(sa);
         this.#halfOpen.set(key, sa);
         sa.halfOpenKey = key;
-        this.#transport.send(local, remote, sa.initResponse!);
+        sa.chain = r.response.then(
+          (res) => {
+            if (sa.state === "destroyed") return; // stopped, or the half-open timer, meanwhile
+            this.#transport.send(local, remote, res.packet);
+            if (!res.ok) void this.destroyIkeSa(sa, undefined, { noRestart: true });
+          },
+          (err) => {
+            this.log.error({ peer: remote.address, err: (err as Error).message }, "IKE_SA_INIT key exchange failed");
+            void this.destroyIkeSa(sa, undefined, { noRestart: true });
+          },
+        );
         // A half-open SA that never authenticates goes after 30 s.
         const t = setTimeout(() => sa.state === "connecting" && void this.destroyIkeSa(sa, undefined, { noRestart: true }), 30_000);
         t.unref?.();
@@ -950,6 +977,7 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
       this.#sas.clear();
     }
     this.#unwatch();
+    await this.keyExchange.close();
   }
 
   /** Test/inspection helper: the IKE SAs of a connection. */

@@ -3,7 +3,7 @@
  * the IKE SA's keys and answers the questions tasks ask (derive IKE/CHILD keys, AUTH
  * octets, PSK AUTH, NAT-D hashes). Keys never leave this object except to the dataplane.
  */
-import { deriveChildKeys, deriveIkeKeys, prf, rekeySkeyseed, skeyseed, type ChildSaKeys, type IkeSaKeys } from "../crypto/prf.js";
+import { deriveChildKeys, deriveIkeKeys, deriveInitialIkeKeys, prf, rekeySkeyseed, type ChildSaKeys, type IkeSaKeys } from "../crypto/prf.js";
 import { ikeSaCiphers } from "../crypto/sk.js";
 import { pskAuthData } from "../crypto/auth.js";
 import type { NegotiatedAlgorithms } from "../proposal.js";
@@ -27,9 +27,11 @@ export class Keymat {
 
   /** RFC 7296 §2.14: SKEYSEED = prf(Ni | Nr, g^ir); {SK_d, SK_a*, SK_e*, SK_p*} = prf+(SKEYSEED, Ni | Nr | SPIi | SPIr). */
   static initial(alg: NegotiatedAlgorithms, shared: Buffer, ni: Buffer, nr: Buffer, spiI: Buffer, spiR: Buffer, weAreInitiator: boolean): Keymat {
-    const seed = skeyseed(alg.prf, ni, nr, shared);
-    const keys = deriveIkeKeys(alg, seed, ni, nr, spiI, spiR);
-    seed.fill(0);
+    return new Keymat(alg, deriveInitialIkeKeys(alg, shared, ni, nr, spiI, spiR), weAreInitiator);
+  }
+
+  /** The same, from keys derived elsewhere (the responder's IKE_SA_INIT in a crypto worker, crypto/ke-offload.ts). */
+  static fromKeys(alg: NegotiatedAlgorithms, keys: IkeSaKeys, weAreInitiator: boolean): Keymat {
     return new Keymat(alg, keys, weAreInitiator);
   }
 

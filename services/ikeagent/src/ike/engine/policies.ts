@@ -23,6 +23,8 @@ import type { DataplaneApi } from "./dataplane.js";
 interface Entry {
   /** owner id -> the policy it wants (the newest owner's version is installed). */
   owners: Map<number, dataplane.Policy>;
+  /** The newest owner while known (undefined after it left: found again by a scan). Thousands of CHILD SAs may share one key. */
+  newest?: number;
   /** Without owners: install this TRAP policy instead of deleting (routed connection, outbound). */
   trap?: dataplane.Policy;
   connection: string;
@@ -34,6 +36,12 @@ interface Entry {
 export function policyKey(p: { selector?: dataplane.Selector; direction: dataplane.Direction; mark?: number }): string {
   const s = p.selector;
   return `${s?.src?.address}/${s?.src?.length}>${s?.dst?.address}/${s?.dst?.length} p${s?.protocol ?? 0} ${s?.srcPort ?? 0}>${s?.dstPort ?? 0} d${p.direction} m${p.mark ?? 0}`;
+}
+
+/** The policy of the key's newest owner (Maps keep insertion order: the last one). */
+function newestOwner(e: Entry): dataplane.Policy | undefined {
+  if (e.newest === undefined) for (const id of e.owners.keys()) e.newest = id;
+  return e.newest === undefined ? undefined : e.owners.get(e.newest);
 }
 
 export class PolicyTable {
@@ -53,6 +61,7 @@ export class PolicyTable {
       const [k, e] = this.#entry(p);
       e.owners.delete(owner);
       e.owners.set(owner, p); // newest last
+      e.newest = owner;
       e.connection = p.connection;
       keys.push(k);
     }
@@ -69,6 +78,7 @@ export class PolicyTable {
       const k = policyKey(p);
       const e = this.#entries.get(k);
       if (!e || !e.owners.delete(owner)) continue;
+      if (e.newest === owner) e.newest = undefined;
       if (!e.owners.size) e.trap = trapFor?.(p);
       keys.push(k);
     }
@@ -99,7 +109,7 @@ export class PolicyTable {
   #sync(k: string, throwErrors: boolean): Promise<void> {
     const e = this.#entries.get(k)!;
     const run = async (): Promise<void> => {
-      const want = [...e.owners.values()].pop() ?? e.trap;
+      const want = newestOwner(e) ?? e.trap;
       if (want) {
         await this.dp.addPolicy(want);
         e.installed = want;

@@ -115,8 +115,9 @@ export class TaskManager {
   #destroyed = false;
   /** RFC 7383: both ends announced IKEV2_FRAGMENTATION_SUPPORTED (set by ike_init, inherited on IKE rekey). */
   fragmentation = false;
-  #requestFragments = new FragmentReassembler();
-  #responseFragments = new FragmentReassembler();
+  /** Reassembly state (RFC 7383 §2.6), made when the first fragment arrives: most IKE SAs never see one. */
+  #requestFragments?: FragmentReassembler;
+  #responseFragments?: FragmentReassembler;
 
   constructor(
     private readonly sa: IkeSa,
@@ -258,7 +259,7 @@ export class TaskManager {
           return undefined;
         }
         const f = openFragment(msg, this.sa.keymat.in);
-        const r = (msg.header.response ? this.#responseFragments : this.#requestFragments).add(msg.header.messageId, f);
+        const r = (msg.header.response ? (this.#responseFragments ??= new FragmentReassembler()) : (this.#requestFragments ??= new FragmentReassembler())).add(msg.header.messageId, f);
         if (r.status === "discarded") this.host.log.info({ sa: this.sa.uniqueId, mid: msg.header.messageId, reason: r.reason }, "discarding IKE fragment");
         if (r.status !== "complete") {
           if (r.status === "incomplete") this.host.log.debug({ sa: this.sa.uniqueId, mid: msg.header.messageId, received: r.received, total: r.total }, "IKE fragment received");

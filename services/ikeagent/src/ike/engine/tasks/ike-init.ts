@@ -164,8 +164,13 @@ export class IkeInit implements Task {
   }
 }
 
-/** Result of the stateless part of the responder's IKE_SA_INIT. */
-export type InitResponse = { kind: "reply"; packet: Buffer } | { kind: "sa"; sa: IkeSa } | { kind: "drop" };
+/**
+ * Result of the synchronous part of the responder's IKE_SA_INIT: a stateless reply, nothing,
+ * or a new half-open IKE SA whose response follows once its keys are computed.
+ */
+export type InitResponse = { kind: "reply"; packet: Buffer } | { kind: "sa"; sa: IkeSa; response: Promise<InitKeyed> } | { kind: "drop" };
+/** The response to send: the IKE_SA_INIT response, or (ok false: the SA goes) INVALID_SYNTAX for bad KE data. */
+export type InitKeyed = { ok: boolean; packet: Buffer };
 
 /**
  * Responder of IKE_SA_INIT: connection candidates by address (the first narrowing step,
@@ -175,10 +180,8 @@ export type InitResponse = { kind: "reply"; packet: Buffer } | { kind: "sa"; sa:
 export function respondIkeInit(core: EngineCore & { cookieRequired(): boolean }, local: { address: string; port: number }, remote: { address: string; port: number }, msg: DecodedMessage): InitResponse {
   const ps = msg.payloads;
   const h = msg.header;
-  const reply = (payloads: Payload[]): InitResponse => ({
-    kind: "reply",
-    packet: encodeMessage({ spiI: h.spiI, spiR: ZERO_SPI, exchangeType: ExchangeType.IKE_SA_INIT, messageId: 0, initiator: false, response: true }, payloads),
-  });
+  const replyPacket = (payloads: Payload[]): Buffer => encodeMessage({ spiI: h.spiI, spiR: ZERO_SPI, exchangeType: ExchangeType.IKE_SA_INIT, messageId: 0, initiator: false, response: true }, payloads);
+  const reply = (payloads: Payload[]): InitResponse => ({ kind: "reply", packet: replyPacket(payloads) });
   const saP = find(ps, PayloadType.SA);
   const ke = find(ps, PayloadType.KE);
   const ni = find(ps, PayloadType.NONCE);
@@ -223,15 +226,9 @@ export function respondIkeInit(core: EngineCore & { cookieRequired(): boolean },
     core.log.info({ peer: remote.address }, `peer's KE group ${dhName(ke.group)} is not the chosen ${dhName(alg.dh)}: answering INVALID_KE_PAYLOAD`);
     return reply([notify(NotifyType.INVALID_KE_PAYLOAD, d)]);
   }
-  const kex = createKeyExchange(alg.dh);
-  let shared: Buffer;
-  try {
-    shared = kex.computeSharedSecret(ke.data);
-  } catch (err) {
-    core.log.info({ peer: remote.address, err: (err as Error).message }, "invalid KE public value");
-    return reply([notify(NotifyType.INVALID_SYNTAX)]);
-  }
-  // 5. A new half-open IKE SA.
+  // 5. A new half-open IKE SA. Its keys come from the key exchange runner (crypto worker
+  // threads in the daemon): KEr, g^ir (the initiator's KE data validated, RFC 6989) and the
+  // IKE SA keys (§2.14); the response is built when they are there.
   // SPIi in a buffer of its own (not a slice of the shared pool: it lives as long as the SA)
   const spiI = Buffer.allocUnsafeSlow(8);
   h.spiI.copy(spiI);
@@ -242,9 +239,21 @@ export function respondIkeInit(core: EngineCore & { cookieRequired(): boolean },
   sa.alg = alg;
   sa.ni = Buffer.from(ni.nonce);
   sa.nr = randomPublic(32);
-  sa.keymat = Keymat.initial(alg, shared, sa.ni, sa.nr, sa.spiI, sa.spiR, false);
-  shared.fill(0);
   sa.initRequest = msg.raw;
+  const keyed = core.keyExchange.responder({ group: alg.dh, peerPublic: ke.data, ni: sa.ni, nr: sa.nr, spiI: sa.spiI, spiR: sa.spiR, alg });
+  const response = keyed.then((k): InitKeyed => {
+    if (!k.ok) {
+      core.log.info({ peer: remote.address, err: k.invalid }, "invalid KE public value");
+      return { ok: false, packet: replyPacket([notify(NotifyType.INVALID_SYNTAX)]) };
+    }
+    sa.keymat = Keymat.fromKeys(alg, k.keys, false);
+    return { ok: true, packet: buildInitResponse(core, sa, ps, chosen, matching, k.publicValue) };
+  });
+  return { kind: "sa", sa, response };
+}
+
+/** The responder's IKE_SA_INIT response (§1.2: SA, KEr, Nr, NAT-D §2.23, [CERTREQ], RFC 7427 §4, RFC 7383 §2.3), accounted as message 0. */
+function buildInitResponse(core: EngineCore, sa: IkeSa, ps: Payload[], chosen: Proposal, matching: ConnRuntime[], kePublic: Buffer): Buffer {
   const sig = findNotify(ps, NotifyType.SIGNATURE_HASH_ALGORITHMS);
   if (sig) sa.peerHashes = decodeSignatureHashAlgorithms(sig.data);
   const natd = processNatd(sa, ps, ZERO_SPI);
@@ -252,7 +261,7 @@ export function respondIkeInit(core: EngineCore & { cookieRequired(): boolean },
   if (natd && (sa.natLocal || sa.natRemote || force)) sa.natT = true;
   const out: Payload[] = [
     { type: PayloadType.SA, proposals: [chosen] } as SaPayload,
-    { type: PayloadType.KE, group: alg.dh, data: kex.publicValue } as KePayload,
+    { type: PayloadType.KE, group: sa.alg!.dh, data: kePublic } as KePayload,
     { type: PayloadType.NONCE, nonce: sa.nr },
   ];
   if (natd) out.push(...natdPayloads(sa, sa.spiR, force));
@@ -271,8 +280,8 @@ export function respondIkeInit(core: EngineCore & { cookieRequired(): boolean },
   sa.initResponse = packet;
   sa.tm.initResponded(packet);
   // debug, not info: per handshake, and the ike_up event says the same once the SA is up
-  if (core.log.isLevelEnabled("debug")) core.log.debug({ peer: remote.address, conn: sa.conn!.name, candidates: matching.map((c) => c.name) }, `IKE_SA_INIT from ${remote.address}: ${formatProposal(chosen)}${sa.natLocal ? ", local host is behind NAT" : ""}${sa.natRemote ? ", remote host is behind NAT" : ""}`);
-  return { kind: "sa", sa };
+  if (core.log.isLevelEnabled("debug")) core.log.debug({ peer: sa.remote.address, conn: sa.conn!.name, candidates: matching.map((c) => c.name) }, `IKE_SA_INIT from ${sa.remote.address}: ${formatProposal(chosen)}${sa.natLocal ? ", local host is behind NAT" : ""}${sa.natRemote ? ", remote host is behind NAT" : ""}`);
+  return packet;
 }
 
 /**
