@@ -67,8 +67,11 @@ async function cpuDuring(pred, fn) {
     const r = await fn();
     sample();
     const m1 = machine();
-    const out = { r, cpu: 0, iperf: 0, other: 0, busy: (m1.busy - m0.busy) / TICK, softirq: (m1.softirq - m0.softirq) / TICK, secs: (Date.now() - t0) / 1000 };
-    for (const [p, c] of last) out[kind.get(p)] += c - start.get(p);
+    const out = { r, cpu: 0, iperf: 0, other: 0, busy: (m1.busy - m0.busy) / TICK, softirq: (m1.softirq - m0.softirq) / TICK, secs: (Date.now() - t0) / 1000, perPid: {} };
+    for (const [p, c] of last) {
+      out[kind.get(p)] += c - start.get(p);
+      if (kind.get(p) === "cpu") out.perPid[p] = c - start.get(p);
+    }
     return out;
   } finally { clearInterval(iv); }
 }
@@ -111,7 +114,7 @@ async function ours(crypto) {
     const res = {};
     for (const udp of [false, true]) {
       const { r, cpu, ...m } = await cpuDuring((_c, pid) => pids.has(pid), () => iperf(lab.a, lab.b, udp));
-      res[udp ? "udp" : "tcp"] = { ...r, cpuPerGbit: cpu / ((r.bytes * 8) / 1e9), cpu, ...m };
+      res[udp ? "udp" : "tcp"] = { ...r, cpuPerGbit: cpu / ((r.bytes * 8) / 1e9), cpu, ...m, sides: [m.perPid[pa.proc.pid] ?? 0, m.perPid[pb.proc.pid] ?? 0] };
     }
     const ra = await pa.stats(), rb = await pb.stats();
     const sa = ra.stats, sb = rb.stats;
@@ -152,7 +155,7 @@ async function libipsec() {
 const f = (x, d = 0) => (x === undefined || Number.isNaN(x) ? "-" : x.toFixed(d));
 console.log(`esp-throughput: ${ALG}, ESP-in-UDP/4500, ${SECS} s per test, UDP -l 1400 -b ${UDP_RATE}${PIN ? ", pinned (A + iperf3 client: CPU 0, B + server: CPU 1)" : ""}; ${(await import("node:os")).cpus().length} CPUs, load ${(await import("node:os")).loadavg()[0].toFixed(2)}`);
 // where the two cores went during the TCP test (CPU seconds per wall second = cores)
-const cores = (t) => `endpoints ${f(t.cpu / t.secs, 2)}, iperf3 ${f(t.iperf / t.secs, 2)}, softirq ${f(t.softirq / t.secs, 2)}, other jobs ${f(t.other / t.secs, 2)}, machine busy ${f(t.busy / t.secs, 2)} of 2 cores`;
+const cores = (t) => `endpoints ${f(t.cpu / t.secs, 2)}${t.sides ? ` (A ${f(t.sides[0] / t.secs, 2)}, B ${f(t.sides[1] / t.secs, 2)})` : ""}, iperf3 ${f(t.iperf / t.secs, 2)}, softirq ${f(t.softirq / t.secs, 2)}, other jobs ${f(t.other / t.secs, 2)}, machine busy ${f(t.busy / t.secs, 2)} of 2 cores`;
 const row = (name, r) => {
   console.log(`${name.padEnd(34)} TCP ${f(r.tcp.mbit).padStart(6)} Mbit/s  retr ${String(r.tcp.retransmits ?? "-").padStart(6)}  CPU ${f(r.tcp.cpuPerGbit, 2).padStart(6)} s/Gbit | UDP ${f(r.udp.mbit).padStart(6)} Mbit/s (offered ${f(r.udp.sentMbit)}, lost ${f(r.udp.lost, 1)} %)  CPU ${f(r.udp.cpuPerGbit, 2)} s/Gbit`);
   console.log(`${"".padEnd(34)} TCP test cores: ${cores(r.tcp)}`);
