@@ -609,12 +609,19 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     const added: string[] = [];
     const changed: string[] = [];
     const removed: string[] = [];
+    const secretArrived: string[] = [];
     for (const [name, old] of this.#conns) {
       const fresh = compiled.get(name);
+      // The secret arriving is no change of the connection: SAs in progress (a responder's
+      // IKE SA between IKE_SA_INIT and IKE_AUTH) go on with it instead of being dropped
+      // silently, which left the peer's initiator retransmitting IKE_AUTH into the void.
+      const arrived = !!fresh && !old.secret && !!fresh.secret && fresh.fingerprint === `${old.fingerprint}|${fresh.secret.kind}`;
       if (!fresh) removed.push(name);
-      else if (fresh.fingerprint !== old.fingerprint) changed.push(name);
+      else if (fresh.fingerprint !== old.fingerprint && !arrived) changed.push(name);
       else {
+        if (arrived) secretArrived.push(name);
         // Unchanged: keep the SAs; pick up rotated secrets, renewed certificates and CAs.
+        old.fingerprint = fresh.fingerprint;
         old.secret = fresh.secret;
         old.certChain = fresh.certChain;
         old.localId = fresh.localId;
@@ -632,6 +639,15 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
       this.#state(name).attempts = 0;
       if (conn.def.startAction === fleet.StartAction.START_ACTION_START) void this.#initiateConn(conn);
       else if (conn.def.startAction === fleet.StartAction.START_ACTION_ROUTE) await this.route({ connection: name, wait: false, timeoutMs: 0 });
+    }
+    for (const name of secretArrived) {
+      // not initiated while the secret was missing: start now, unless the peer's IKE SA is already on its way
+      const conn = this.#conns.get(name)!;
+      this.log.info({ conn: name }, `secret for ${name} arrived`);
+      if (conn.def.startAction === fleet.StartAction.START_ACTION_START && this.#sasOf(name).length === 0) {
+        this.#state(name).attempts = 0;
+        void this.#initiateConn(conn);
+      }
     }
     if (added.length || changed.length || removed.length) this.event("apply", "", `configuration revision ${config.revision}: added [${added.join(", ")}] changed [${changed.join(", ")}] removed [${removed.join(", ")}]`);
     this.#changed();
