@@ -4,7 +4,7 @@
 // shows CPU in the engine and crypto without socket and scheduler noise, and the process's
 // CPU time is split between the two sides.
 //
-//   [SPLIT=1] node bench/ike/engine-profile.mjs [N=5000] [C=32]
+//   [SPLIT=1] [CRYPTO_WORKERS=1] node bench/ike/engine-profile.mjs [N=5000] [C=32]
 //   node --cpu-prof --cpu-prof-dir=/tmp/prof bench/ike/engine-profile.mjs 5000 32
 //   node bench/ike/cpuprofile-top.mjs /tmp/prof/*.cpuprofile
 // Build first: npx tsc -b services/ikeagent
@@ -30,6 +30,7 @@ const engine = new IkeEngine({
   log,
   transport: { send: (_l, _r, data) => setImmediate(() => toInitiator(data)), keepalive: () => {} },
   localAddresses: () => [R.address],
+  cryptoWorkers: Number(process.env.CRYPTO_WORKERS ?? 0), // the responder's IKE_SA_INIT key work in worker threads (the daemon's default)
 });
 const def = fleet.ConnectionDef.fromPartial({
   name: "bench",

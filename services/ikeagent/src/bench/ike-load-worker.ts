@@ -13,7 +13,7 @@ import { createSocket } from "node:dgram";
 import { randomBytes } from "node:crypto";
 import { createKeyExchange, type KeyExchange } from "../ike/crypto/dh.js";
 import { parentPort, workerData } from "node:worker_threads";
-import { deriveIkeKeys, prf, skeyseed } from "../ike/crypto/prf.js";
+import { deriveInitialIkeKeys, prf } from "../ike/crypto/prf.js";
 import { ikeSaCiphers } from "../ike/crypto/sk.js";
 import { natDetectionHash } from "../ike/crypto/natd.js";
 import { KEY_PAD } from "../ike/crypto/auth.js";
@@ -198,8 +198,8 @@ export function createInitiator(p: WorkerParams, io: InitiatorIo): { start(): vo
     hs.nr = nr.nonce;
     hs.prf = alg.prf;
     hs.initResponse = msg.raw;
-    const seed = skeyseed(alg.prf, hs.ni, nr.nonce, shared);
-    const keys = deriveIkeKeys(alg, seed, hs.ni, nr.nonce, hs.spiI, hs.spiR);
+    // SKEYSEED and prf+ (§2.14) in one HKDF call, as the responder does
+    const keys = deriveInitialIkeKeys(alg, shared, hs.ni, nr.nonce, hs.spiI, hs.spiR);
     const c = ikeSaCiphers({ encr: alg.encr, encrKeyBits: alg.encrKeyBits, integ: alg.integ }, keys, true);
     hs.out = c.out;
     hs.in = c.in;

@@ -71,7 +71,7 @@ export class InlineKeyExchange implements KeyExchangeRunner {
   async close(): Promise<void> {}
 }
 
-/** Request and answer between KeyExchangePool and ke-worker.ts. */
+/** Request and answer between KeyExchangePool and ke-worker.ts (each message carries an array of them). */
 export interface WorkerRequest {
   id: number;
   req: ResponderKeRequest;
@@ -116,6 +116,8 @@ export function defaultCryptoWorkers(): number {
 interface Slot {
   worker: Worker;
   pending: Map<number, (r: ResponderKeResult | Error) => void>;
+  /** Requests not posted yet: the IKE_SA_INITs of one turn of the event loop go in one message. */
+  batch: WorkerRequest[];
 }
 
 /**
@@ -136,19 +138,22 @@ export class KeyExchangePool implements KeyExchangeRunner {
 
   #spawn(): Slot {
     const worker = new Worker(new URL("./ke-worker.js", import.meta.url));
-    const slot: Slot = { worker, pending: new Map() };
+    const slot: Slot = { worker, pending: new Map(), batch: [] };
     worker.unref();
-    worker.on("message", (a: WorkerAnswer) => {
-      const done = slot.pending.get(a.id);
-      if (!done) return;
-      slot.pending.delete(a.id);
-      if (a.ok) done({ ok: true, publicValue: Buffer.from(a.publicValue.buffer, a.publicValue.byteOffset, a.publicValue.byteLength), keys: unpackKeys(a.keys, a.lengths) });
-      else if (a.invalid !== undefined) done({ ok: false, invalid: a.invalid });
-      else done(new Error(`crypto worker: ${a.error}`));
+    worker.on("message", (answers: WorkerAnswer[]) => {
+      for (const a of answers) {
+        const done = slot.pending.get(a.id);
+        if (!done) continue;
+        slot.pending.delete(a.id);
+        if (a.ok) done({ ok: true, publicValue: Buffer.from(a.publicValue.buffer, a.publicValue.byteOffset, a.publicValue.byteLength), keys: unpackKeys(a.keys, a.lengths) });
+        else if (a.invalid !== undefined) done({ ok: false, invalid: a.invalid });
+        else done(new Error(`crypto worker: ${a.error}`));
+      }
     });
     const fail = (why: string): void => {
       for (const done of slot.pending.values()) done(new Error(`crypto worker ${why}`));
       slot.pending.clear();
+      slot.batch = [];
       const i = this.#slots.indexOf(slot);
       if (i < 0 || this.#closed) return;
       this.onError(`crypto worker ${why}: starting another`);
@@ -168,7 +173,14 @@ export class KeyExchangePool implements KeyExchangeRunner {
       slot.pending.set(id, (r) => (r instanceof Error ? reject(r) : resolve(r)));
       // Exact copies: a Buffer is often a view of Node's 8 KiB pool, and cloning a view clones all of its ArrayBuffer.
       const wire: ResponderKeRequest = { ...req, peerPublic: own(req.peerPublic), ni: own(req.ni), nr: own(req.nr), spiI: own(req.spiI), spiR: own(req.spiR) };
-      slot.worker.postMessage({ id, req: wire } satisfies WorkerRequest);
+      // One message per slot and turn of the event loop (a burst of datagrams is read in one poll phase).
+      if (slot.batch.push({ id, req: wire }) === 1) {
+        setImmediate(() => {
+          const batch = slot.batch;
+          slot.batch = [];
+          if (batch.length) slot.worker.postMessage(batch);
+        });
+      }
     });
   }
 

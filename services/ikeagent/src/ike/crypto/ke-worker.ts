@@ -37,21 +37,20 @@ function take(group: number): KeyExchange {
   return kex;
 }
 
-parentPort!.on("message", ({ id, req }: WorkerRequest) => {
-  let answer: WorkerAnswer;
-  const transfer: ArrayBuffer[] = [];
+function answer({ id, req }: WorkerRequest, transfer: ArrayBuffer[]): WorkerAnswer {
   try {
     const r = responderKeyExchange(fromWire(req), take(req.group));
-    if (r.ok) {
-      const packed = packKeys(r.keys);
-      // an exact copy: publicValue may be a view of the 8 KiB Buffer pool (see ke-offload.ts own())
-      answer = { id, ok: true, publicValue: new Uint8Array(r.publicValue), ...packed };
-      transfer.push(packed.keys);
-    } else {
-      answer = { id, ok: false, invalid: r.invalid };
-    }
+    if (!r.ok) return { id, ok: false, invalid: r.invalid };
+    const packed = packKeys(r.keys);
+    transfer.push(packed.keys);
+    // an exact copy: publicValue may be a view of the 8 KiB Buffer pool (see ke-offload.ts own())
+    return { id, ok: true, publicValue: new Uint8Array(r.publicValue), ...packed };
   } catch (err) {
-    answer = { id, ok: false, error: (err as Error).message };
+    return { id, ok: false, error: (err as Error).message };
   }
-  parentPort!.postMessage(answer, transfer);
+}
+
+parentPort!.on("message", (batch: WorkerRequest[]) => {
+  const transfer: ArrayBuffer[] = [];
+  parentPort!.postMessage(batch.map((r) => answer(r, transfer)), transfer);
 });
