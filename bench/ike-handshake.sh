@@ -181,9 +181,10 @@ EOF
 
 start_fleetswan() {
   : >"$D/fleetswan/agent.log"   # one log per run: "ikeagent running" below must be this run's
-  # FS_PROFILE_DIR=DIR: a CPU profile of each fleetswan responder (node --cpu-prof; bench/ike/cpuprofile-top.mjs)
+  # FS_PROFILE_DIR=DIR: a CPU profile of each fleetswan responder (node --cpu-prof; bench/ike/cpuprofile-top.mjs);
+  # FS_AGENT_ARGS: more ikeagent options (e.g. "--crypto-workers 0": IKE_SA_INIT key work on the event loop)
   ip netns exec "$NR" node ${FS_PROFILE_DIR:+--cpu-prof --cpu-prof-dir="$FS_PROFILE_DIR"} "$FS" ikeagent --config "$D/fleetswan/agent.yaml" --dataplane fake --control-socket "" \
-    --metrics-port=-1 --address "$R_ADDR" --log-level info >>"$D/fleetswan/agent.log" 2>&1 &
+    --metrics-port=-1 --address "$R_ADDR" --log-level info ${FS_AGENT_ARGS:-} >>"$D/fleetswan/agent.log" 2>&1 &
   RESP_PID=$! RESP_KIND=fleetswan
   for _ in $(seq 100); do grep -q "ikeagent running" "$D/fleetswan/agent.log" 2>/dev/null && break; sleep 0.1; done
 }

@@ -24,7 +24,7 @@ import { randomPublic } from "../crypto/random.js";
 import { InlineKeyExchange, KeyExchangePool, type KeyExchangeRunner } from "../crypto/ke-offload.js";
 import { createEngineMetrics, type EngineMetrics } from "./metrics.js";
 import { PolicyTable } from "./policies.js";
-import { ChildSa, IkeSa, type Endpoint } from "./sa.js";
+import { ChildSa, IkeSa, unpooled, type Endpoint } from "./sa.js";
 import { DEFAULT_RETRANSMIT, TaskManager, type Response, type RetransmitConfig, type Task, type TaskManagerHost } from "./task-manager.js";
 import { hostTs, tsToString, type Ts } from "./ts.js";
 import { ChildCreate, respondChildCreate } from "./tasks/child-create.js";
@@ -197,7 +197,7 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
 
   ikeEstablished(sa: IkeSa, old?: IkeSa): void {
     const conn = sa.conn!;
-    if (!old && sa.ni.length && sa.nr.length) sa.initNonces = [sa.ni, sa.nr];
+    if (!old && sa.ni.length && sa.nr.length) sa.initNonces = unpooled(sa.ni, sa.nr) as [Buffer, Buffer];
     sa.state = "established";
     sa.establishedAt = new Date();
     this.#dropHalfOpen(sa);

@@ -38,6 +38,15 @@ export function policyKey(p: { selector?: dataplane.Selector; direction: datapla
   return `${s?.src?.address}/${s?.src?.length}>${s?.dst?.address}/${s?.dst?.length} p${s?.protocol ?? 0} ${s?.srcPort ?? 0}>${s?.dstPort ?? 0} d${p.direction} m${p.mark ?? 0}`;
 }
 
+/** Same policy in every field (the same key, action, priority, interface, connection and template). */
+function samePolicy(a: dataplane.Policy, b: dataplane.Policy): boolean {
+  const ta = a.template, tb = b.template;
+  return (
+    policyKey(a) === policyKey(b) && a.action === b.action && a.priority === b.priority && a.ifId === b.ifId && a.connection === b.connection &&
+    (ta === tb || (!!ta && !!tb && ta.src === tb.src && ta.dst === tb.dst && ta.mode === tb.mode && ta.reqid === tb.reqid && ta.protocol === tb.protocol))
+  );
+}
+
 /** The policy of the key's newest owner (Maps keep insertion order: the last one). */
 function newestOwner(e: Entry): dataplane.Policy | undefined {
   if (e.newest === undefined) for (const id of e.owners.keys()) e.newest = id;
@@ -57,8 +66,11 @@ export class PolicyTable {
   /** `owner` needs these policies: take the references now, install them (resolves when done; throws what the dataplane said). */
   async acquire(owner: number, policies: dataplane.Policy[]): Promise<void> {
     const keys: string[] = [];
-    for (const p of policies) {
+    for (let p of policies) {
       const [k, e] = this.#entry(p);
+      // CHILD SAs of one connection want the same policy: hold one object for all of them (memory per SA).
+      const newest = newestOwner(e);
+      if (newest && samePolicy(newest, p)) p = newest;
       e.owners.delete(owner);
       e.owners.set(owner, p); // newest last
       e.newest = owner;

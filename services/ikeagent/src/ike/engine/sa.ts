@@ -160,3 +160,14 @@ export class IkeSa {
 }
 
 const NO_BYTES = Buffer.alloc(0);
+
+/**
+ * The buffers copied back to back into one buffer of their own, returned as views of it.
+ * For what an SA keeps for its life: a small Buffer is usually a view of Node's shared
+ * 8 KiB pool, and one such view kept alive keeps the whole pool slab alive.
+ */
+export function unpooled(...bufs: Buffer[]): Buffer[] {
+  const store = Buffer.allocUnsafeSlow(bufs.reduce((a, b) => a + b.length, 0));
+  let o = 0;
+  return bufs.map((b) => (b.copy(store, o), store.subarray(o, (o += b.length))));
+}

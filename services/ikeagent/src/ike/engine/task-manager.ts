@@ -48,7 +48,7 @@ import {
   type Payload,
 } from "../wire/index.js";
 import { IkeFailure, Reason } from "./failure.js";
-import type { IkeSa } from "./sa.js";
+import { unpooled, type IkeSa } from "./sa.js";
 
 export type TaskType = "ike_init" | "ike_auth" | "child_create" | "child_rekey" | "ike_rekey" | "child_delete" | "ike_delete" | "ike_dpd";
 
@@ -351,7 +351,8 @@ export class TaskManager {
     }
     if (!response || this.#destroyed && !response.after) return;
     const packets = this.#encode(msg.header.exchangeType, mid, true, response.payloads);
-    this.#lastResponse = { mid, packets };
+    // kept until the next request (§2.1 retransmits), for an idle SA its whole life: not in the shared Buffer pool
+    this.#lastResponse = { mid, packets: unpooled(...packets) };
     this.#peerMid = mid + 1;
     this.host.log.debug({ sa: this.sa.uniqueId, exchange: nameOf(ExchangeType, msg.header.exchangeType), mid, payloads: summarize(response.payloads), ...(packets.length > 1 ? { fragments: packets.length } : {}) }, "sending response");
     this.#sendAll(packets);
