@@ -108,7 +108,12 @@ export async function runDataplane(o: RunOptions): Promise<number> {
     dp,
     netlink: backend instanceof XfrmBackend ? () => backend.netlinkStats() : undefined,
     xfrmStat: backend instanceof XfrmBackend ? () => readXfrmStat() : undefined,
-    userspaceDrops: "stats" in backend ? () => ((backend as unknown as { stats: { drops: Record<string, number> } }).stats.drops) : undefined,
+    userspaceDrops: "stats" in backend
+      ? () => {
+          const b = backend as unknown as { stats: { drops: Record<string, number> }; dropCounts?: () => Record<string, number> };
+          return b.dropCounts ? b.dropCounts() : b.stats.drops;
+        }
+      : undefined,
   });
   const server = await startDataplaneServer({ dataplane: dp, socket: o.socket, logger, natt, onError: (c) => metrics.rpcError(c) });
   const metricsServer = await startMetricsServer({ registry, port: o.metricsPort });

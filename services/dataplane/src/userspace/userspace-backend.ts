@@ -255,6 +255,15 @@ export class UserspaceBackend implements Backend {
   }
   private readonly ip: IpRunner | undefined;
 
+  /**
+   * Drop counters for metrics: `stats.drops` plus `tun_offload`, TUN packets the addon could
+   * not split or complete (fsesp.cc tunStats; counted per process, not per backend).
+   */
+  dropCounts(): Record<string, number> {
+    const t = this.addon?.tunStats?.();
+    return t ? { ...this.stats.drops, tun_offload: t.dropped } : this.stats.drops;
+  }
+
   /** The TUN device name once started. */
   get device(): string {
     return this.tunName;

@@ -199,3 +199,21 @@ test("NAT-T demux: non-ESP marker -> IKE without the marker; 0xFF keepalive flag
   await s.sendIke({ remoteAddress: "192.0.2.9", remotePort: 4500, localAddress: "", payload: Buffer.from([1, 2]), keepalive: false });
   assert.equal(w.sent[0]!.toString("hex"), "000000000102", "marker prepended (RFC 3948 §2.2)");
 });
+
+test("drop counts for metrics: the datapath's reasons plus the addon's TUN offload drops", async () => {
+  const w: Wire = { sent: [], tun: [] };
+  const plain = new UserspaceBackend({ addon: fakeAddon(w), ip, rawEsp: false });
+  await plain.start();
+  assert.equal(plain.dropCounts().tun_offload, undefined, "an addon without tunStats adds nothing");
+  const tunStats = () => ({ reads: 10, superPackets: 2, segments: 90, coalescedWrites: 0, coalescedPackets: 0, dropped: 3 });
+  const A = new UserspaceBackend({ addon: { ...fakeAddon(w), tunStats }, ip, rawEsp: false });
+  await A.start();
+  A.stats.drops.replay = 2;
+  const d = A.dropCounts();
+  assert.equal(d.tun_offload, 3);
+  assert.equal(d.replay, 2);
+  assert.equal(A.stats.drops.replay, 2);
+  assert.equal((A.stats.drops as Record<string, number>).tun_offload, undefined, "stats.drops itself unchanged");
+  await plain.close();
+  await A.close();
+});
