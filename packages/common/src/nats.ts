@@ -82,6 +82,10 @@ export function natsConnectionOptions(o: NatsConnectOptions): ConnectionOptions 
     reconnectTimeWait: 500,
     waitOnFirstConnect: o.retryForever ?? false,
     pingInterval: o.pingIntervalMs ?? 10_000,
+    // No stack trace captured per request/flush for a possible later error: it costs a
+    // `new Error()` per call (an agent or controller of a large fleet makes thousands);
+    // errors still say what failed and on which subject.
+    noAsyncTraces: true,
   };
   if (o.maxPingOut !== undefined) opts.maxPingOut = o.maxPingOut;
   if (o.inboxPrefix) opts.inboxPrefix = o.inboxPrefix;

@@ -47,6 +47,8 @@ export interface ControllerOptions {
 }
 
 const enc = new TextEncoder();
+/** Agent statuses are stored in fleet-status in batches at most this far apart. */
+const STATUS_FLUSH_MS = 20;
 
 export const defaultResolver: Resolver = async (host) => {
   const res = await Promise.race([
@@ -73,9 +75,44 @@ async function parallel<T>(items: T[], limit: number, fn: (t: T) => Promise<void
   await Promise.all(workers);
 }
 
-/** The spec revision inside a cached view's bytes (decoded once, on demand). */
+/**
+ * GatewayView.revision (field 2, uint64) read straight from the encoding, without decoding
+ * the view: protobuf fields are skipped by wire type until field 2 is found (0 if absent,
+ * as decode would say). Throws on a truncated or malformed encoding, like decode.
+ */
+export function peekViewRevision(b: Uint8Array): bigint {
+  let i = 0;
+  const varint = (): bigint => {
+    let v = 0n;
+    for (let shift = 0n; ; shift += 7n) {
+      if (i >= b.length || shift > 63n) throw new Error("malformed varint in GatewayView");
+      const x = b[i++]!;
+      v |= BigInt(x & 0x7f) << shift;
+      if (x < 0x80) return v;
+    }
+  };
+  let revision = 0n;
+  while (i < b.length) {
+    const tag = Number(varint());
+    const field = tag >>> 3;
+    const wire = tag & 7;
+    if (field === 2 && wire === 0) revision = BigInt.asUintN(64, varint()); // the last one wins, as in decode
+    else if (wire === 0) varint();
+    else if (wire === 1) i += 8;
+    else if (wire === 2) {
+      const len = Number(varint()); // read before `i +=` reads i
+      i += len;
+    }
+    else if (wire === 5) i += 4;
+    else throw new Error(`GatewayView: unsupported wire type ${wire}`);
+    if (i > b.length) throw new Error("truncated GatewayView");
+  }
+  return revision;
+}
+
+/** The spec revision inside a cached view's bytes (read once, on demand). */
 function viewRevisionOf(c: { value: Uint8Array; viewRevision?: bigint }): bigint {
-  return (c.viewRevision ??= fleet.GatewayView.decode(c.value).revision);
+  return (c.viewRevision ??= peekViewRevision(c.value));
 }
 
 const compiledKey = (yaml: string, resolved: Record<string, string[]>): string => createHash("sha256").update(yaml).update("\0").update(JSON.stringify(resolved)).digest("hex");
@@ -116,7 +153,11 @@ export class Controller {
   readonly #orphansLogged = new Set<string>();
   #secretsPendingCount = 0;
   /** Caches fed by KV watches (read-only copies of NATS state). */
-  readonly #statusCache = new Map<string, fleet.AgentStatus>();
+  /** Latest AgentStatus per gateway as stored (bytes), decoded when first asked for. */
+  readonly #statusCache = new Map<string, { value: Uint8Array; decoded?: fleet.AgentStatus | null }>();
+  /** Statuses to store in fleet-status, written together every STATUS_FLUSH_MS (latest per gateway). */
+  readonly #statusOut = new Map<string, Uint8Array>();
+  #statusTimer: NodeJS.Timeout | undefined;
   readonly #eventCache = new Map<string, EventRecord>();
   /** KV revision and bytes of each view as last seen (a hint: writes still compare-and-set). */
   readonly #viewCache = new Map<string, { revision: number; value: Uint8Array; viewRevision?: bigint }>();
@@ -216,7 +257,8 @@ export class Controller {
     });
     certsInitialised = true;
     await this.#watchInto(this.#status, (e) => {
-      if (e.operation === "PUT") this.#statusCache.set(e.key, fleet.AgentStatus.decode(e.value));
+      // Decoded on demand (#statusOf): a convergence of 1,000 gateways stores 1,000 statuses.
+      if (e.operation === "PUT") this.#statusCache.set(e.key, { value: e.value });
       else this.#statusCache.delete(e.key);
     });
     await this.#watchInto(this.#events, (e) => {
@@ -224,10 +266,12 @@ export class Controller {
       else this.#eventCache.delete(e.key);
     });
     await this.#watchInto(this.#views, (e) => {
-      // The view's own revision is decoded only when needed (#viewRevisionOf): an apply of
-      // 1,000 views echoes 1,000 entries through this watch.
-      if (e.operation === "PUT") this.#viewCache.set(e.key, { revision: e.revision, value: e.value });
-      else this.#viewCache.delete(e.key);
+      // The view's own revision is read only when needed (#viewRevisionOf): an apply of
+      // 1,000 views echoes 1,000 entries through this watch. The echo of a write of ours
+      // is what the cache holds already (with its revision known): kept as it is.
+      if (e.operation === "PUT") {
+        if (this.#viewCache.get(e.key)?.revision !== e.revision) this.#viewCache.set(e.key, { revision: e.revision, value: e.value });
+      } else this.#viewCache.delete(e.key);
     });
     await this.#watchInto(this.#spec, (e) => {
       if (e.operation !== "PUT") return;
@@ -254,6 +298,10 @@ export class Controller {
     this.#ready = false;
     for (const t of this.#timers) clearInterval(t);
     for (const s of this.#subs) s.unsubscribe();
+    if (this.#statusTimer) {
+      clearTimeout(this.#statusTimer);
+      this.#flushStatuses();
+    }
     await this.#reconciling?.catch(() => undefined);
     await this.#secretsRun?.catch(() => undefined);
   }
@@ -869,7 +917,39 @@ export class Controller {
     // subject (JetStream stores it), without waiting for the PubAck. A convergence of
     // 1,000 gateways sends 1,000 statuses at once; a request per status was the
     // controller's biggest cost after the apply itself.
-    this.#o.nc.publish(`$KV.${BUCKET.status}.${gw}`, msg.data);
+    // Statuses arriving within STATUS_FLUSH_MS go out together (one socket write, not
+    // one per status); a newer status of the same gateway replaces a queued one.
+    this.#statusOut.set(gw, msg.data);
+    this.#statusTimer ??= setTimeout(() => this.#flushStatuses(), STATUS_FLUSH_MS);
+  }
+
+  #flushStatuses(): void {
+    this.#statusTimer = undefined;
+    const nc = this.#o.nc;
+    for (const [gw, data] of this.#statusOut) {
+      if (nc.isClosed()) break;
+      try {
+        nc.publish(`$KV.${BUCKET.status}.${gw}`, data);
+      } catch (e) {
+        this.#o.log.warn({ err: (e as Error).message, gateway: gw }, "status not stored");
+      }
+    }
+    this.#statusOut.clear();
+  }
+
+  /** A gateway's last stored status (undefined if none or undecodable). */
+  #statusOf(gw: string): fleet.AgentStatus | undefined {
+    const c = this.#statusCache.get(gw);
+    if (!c) return undefined;
+    if (c.decoded === undefined) {
+      try {
+        c.decoded = fleet.AgentStatus.decode(c.value);
+      } catch (e) {
+        c.decoded = null;
+        this.#o.log.warn({ err: (e as Error).message, gateway: gw }, "bad status entry ignored");
+      }
+    }
+    return c.decoded ?? undefined;
   }
 
   async #onEvent(msg: Msg): Promise<void> {
@@ -902,7 +982,7 @@ export class Controller {
     const now = this.#o.now().getTime();
     const viewRev = (gw: string): number => cur.record.state.views[gw]?.r || cur.revision;
     for (const [name] of cur.fleet.gateways) {
-      const st = this.#statusCache.get(name);
+      const st = this.#statusOf(name);
       const seen = st?.time?.getTime();
       const applied = Number(st?.appliedRevision ?? 0n);
       out.gateways.push({
@@ -918,7 +998,7 @@ export class Controller {
     }
     for (const c of cur.fleet.connections) {
       c.gateways.forEach((gw, i) => {
-        const reported = this.#statusCache.get(gw)?.connections.find((x) => x.name === c.name);
+        const reported = this.#statusOf(gw)?.connections.find((x) => x.name === c.name);
         const ev = this.#eventCache.get(gw)?.[c.name];
         const evNewer = ev && (!reported?.lastChange || new Date(ev.time) > reported.lastChange);
         out.connections.push({

@@ -125,7 +125,8 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
   const watchers: KeyWatcher[] = [];
 
   // ------------------------------------------------------------ inputs ----
-  const acceptView = (v: fleet.GatewayView, persist: boolean): boolean => {
+  // `persist`: the bytes of the view as received, stored in the state dir as they are.
+  const acceptView = (v: fleet.GatewayView, persist?: Uint8Array): boolean => {
     const bad = validateView(v, gateway);
     if (bad) {
       applyError = `view rejected: ${bad}`;
@@ -138,11 +139,11 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
       return false;
     }
     view = v;
-    if (persist) state.saveView(v);
+    if (persist) state.saveView(persist);
     return true;
   };
 
-  const acceptSealed = (ref: string, sealed: fleet.SealedSecret, persist: boolean): boolean => {
+  const acceptSealed = (ref: string, sealed: fleet.SealedSecret, persist?: Uint8Array): boolean => {
     const cur = secrets.get(ref);
     if (cur && sealed.version < cur.version) {
       log.warn({ gateway, secret: ref, version: sealed.version, current: cur.version }, "older secret version ignored");
@@ -160,7 +161,7 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
     // The replaced Secret is not wiped: the engine may still hold it until its next apply.
     secrets.set(ref, { version: sealed.version, secret: toEngineSecret(payload) });
     Buffer.from(payload.value.buffer, payload.value.byteOffset, payload.value.byteLength).fill(0);
-    if (persist) state.saveSealed(ref, sealed);
+    if (persist) state.saveSealed(ref, persist);
     return true;
   };
 
@@ -315,8 +316,8 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
 
   // ------------------------------------------------------------ fail static: local state first ----
   const saved = state.loadView();
-  if (saved) acceptView(saved, false);
-  for (const [ref, sealed] of state.loadSealed()) acceptSealed(ref, sealed, false);
+  if (saved) acceptView(saved);
+  for (const [ref, sealed] of state.loadSealed()) acceptSealed(ref, sealed);
   if (view) {
     log.info({ gateway, revision: String(view.revision), secrets: secrets.size }, "applying the last good view from the state dir");
     await runApply();
@@ -385,7 +386,7 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
     };
     mk(VIEWS_BUCKET, gateway, (ch) => {
       if (ch.key !== gateway || ch.op !== "PUT") return; // a deleted view: keep the last good one
-      if (acceptView(fleet.GatewayView.decode(ch.value), true)) scheduleApply();
+      if (acceptView(fleet.GatewayView.decode(ch.value), ch.value)) scheduleApply();
     });
     mk(SECRETS_BUCKET, `${gateway}.>`, (ch) => {
       const ref = ch.key.slice(gateway.length + 1);
@@ -397,7 +398,7 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
         }
         return;
       }
-      if (acceptSealed(ref, fleet.SealedSecret.decode(ch.value), true)) scheduleApply();
+      if (acceptSealed(ref, fleet.SealedSecret.decode(ch.value), ch.value)) scheduleApply();
     });
     void enrollLoop();
     const statusTimer = setInterval(publishStatus, opts.statusIntervalMs ?? 10_000);

@@ -43,6 +43,9 @@ export class KeyWatcher {
   #stopped = false;
   #establishing: Promise<void> | undefined;
   #generation = 0;
+  /** Consecutive failed subscriptions (e.g. the bucket does not exist yet) and when to try again. */
+  #failures = 0;
+  #retryAt = 0;
 
   constructor(o: KeyWatcherOptions) {
     this.#o = o;
@@ -55,7 +58,7 @@ export class KeyWatcher {
 
   start(): void {
     this.#timer = setInterval(() => {
-      if (!this.#stopped && !this.#establishing && Date.now() - this.#lastSeen > 3 * this.#hb) {
+      if (!this.#stopped && !this.#establishing && Date.now() - this.#lastSeen > 3 * this.#hb && Date.now() >= this.#retryAt) {
         this.#o.log.debug({ bucket: this.#o.bucket }, "watch heartbeats missed; resubscribing");
         this.resync();
       }
@@ -68,7 +71,15 @@ export class KeyWatcher {
   resync(): void {
     if (this.#stopped || this.#establishing) return;
     this.#establishing = this.#establish()
+      .then(() => {
+        this.#failures = 0;
+        this.#retryAt = 0;
+      })
       .catch((e: Error) => {
+        // Back off (heartbeat period doubling, at most 6 of them): a thousand agents
+        // started before keymgr created its bucket should not ask every 5 s each.
+        this.#retryAt = Date.now() + Math.min(this.#hb * 2 ** this.#failures, 6 * this.#hb);
+        this.#failures++;
         this.#o.log.debug({ bucket: this.#o.bucket, err: e.message }, "watch subscription failed; will retry");
       })
       .finally(() => {
