@@ -8,7 +8,14 @@
  * ApplySpec to the agent seeing a view with the new revision.
  *
  *   npx tsc -b services/controller test && npx tsc -p bench/convergence.tsconfig.json
- *   node bench/dist/convergence.js [--runs R] [--agent watch|fleet] [N ...]   (default: 100 1000, 1 run, watch)
+ *   node bench/dist/convergence.js [--runs R] [--agent watch|fleet] [--workers W] [--profile DIR] [N ...]
+ *     (default: 100 1000, 1 run, watch, 2 worker threads)
+ *   --workers W: agent threads (default 2, one per core; up to 6a5c0b2 it was 8: eight V8
+ *   isolates each compiling and collecting garbage on two cores cost ~0.5 s CPU more at 1,000)
+ *   --profile DIR: V8 CPU profiles of the controller and each agent thread for the measured
+ *   window; summarise with `node bench/cpuprofile-summary.mjs DIR/*.cpuprofile`
+ *   Each run also prints the bench process's CPU by thread (controller = main thread,
+ *   agent workers, "node" = V8/libuv helper threads) and the idle fleet's CPU per second.
  *   --agent watch: each agent is a bare kv.watch of its key (the figures below up to c7f830a);
  *   --agent fleet: each agent is the real agent-side code (runFleetClient: filtered push
  *   consumer, view validation, state dir, apply to a fake engine, status publishing), and
@@ -41,9 +48,10 @@
  * apply, status) dominate on two shared cores.
  */
 import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
+import { Session } from "node:inspector";
 import { connect, type NatsConnection } from "nats";
 import { createLogger } from "@fleetswan/common";
 import { fleet } from "@fleetswan/proto";
@@ -53,6 +61,8 @@ import { AgentState } from "@fleetswan/ikeagent/fleet/state";
 import { startNats } from "@fleetswan/test/harness";
 
 const log = createLogger("bench", { level: process.env.FLEETSWAN_BENCH_LOG ?? "warn" });
+// FLEETSWAN_BENCH_CONTROLLER_LOG=debug: the controller's apply laps (compiled, stored, views written).
+const ctlLog = createLogger("controller", { level: process.env.FLEETSWAN_BENCH_CONTROLLER_LOG ?? "error" });
 
 function spec(n: number, dpdDelay: number): string {
   const lines = ["version: 1", "defaults:", `  dpd: { delay: ${dpdDelay}, timeout: 150 }`, "gateways:"];
@@ -78,6 +88,55 @@ function natsCpu(configFile: string): number {
   return NaN;
 }
 
+/**
+ * --profile DIR: a V8 CPU profile of each thread (controller = main, agents = workers)
+ * from just before ApplySpec until the last agent has applied, as DIR/<thread>.cpuprofile.
+ */
+let profileDir = "";
+async function profiler(): Promise<{ stop: (name: string) => Promise<void> }> {
+  if (!profileDir) return { stop: async () => undefined };
+  const s = new Session();
+  s.connect();
+  const post = (m: string, p?: object) => new Promise<unknown>((res, rej) => s.post(m, p ?? {}, (e, r) => (e ? rej(e) : res(r))));
+  await post("Profiler.enable");
+  await post("Profiler.setSamplingInterval", { interval: 200 });
+  await post("Profiler.start");
+  return {
+    stop: async (name) => {
+      const r = (await post("Profiler.stop")) as { profile: object };
+      writeFileSync(join(profileDir, `${name}.cpuprofile`), JSON.stringify(r.profile));
+      s.disconnect();
+    },
+  };
+}
+
+/** CPU seconds per thread of this process, by thread name (/proc/self/task; the main thread is "main"). */
+function threadCpu(): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const tid of readdirSync("/proc/self/task")) {
+    try {
+      const st = readFileSync(`/proc/self/task/${tid}/stat`, "utf8");
+      const name = tid === String(process.pid) ? "main" : st.slice(st.indexOf("(") + 1, st.lastIndexOf(")"));
+      const f = st.slice(st.lastIndexOf(") ") + 2).split(" ");
+      out.set(`${name}#${tid}`, (Number(f[11]) + Number(f[12])) / 100);
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+/** CPU between two threadCpu() samples, summed by thread kind: main (controller), agents (worker event loops), other. */
+function threadCpuDiff(a: Map<string, number>, b: Map<string, number>, agentTids: Set<string>): string {
+  const sum: Record<string, number> = {};
+  for (const [k, v] of b) {
+    const [name, tid] = k.split("#") as [string, string];
+    const kind = name === "main" ? "controller (main thread)" : agentTids.has(tid) ? "agent workers" : name.replace(/[0-9]+$/, "").trim();
+    sum[kind] = (sum[kind] ?? 0) + v - (a.get(k) ?? 0);
+  }
+  return Object.entries(sum).filter(([, v]) => v > 0.005).sort((x, y) => y[1] - x[1]).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(", ");
+}
+
 const pct = (sorted: number[], p: number): number => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 
 async function run(n: number): Promise<void> {
@@ -87,26 +146,36 @@ async function run(n: number): Promise<void> {
   try {
     const cnc = await connect({ servers: nats.url });
     conns.push(cnc);
-    const ctl = new Controller({ nc: cnc, log, reconcileIntervalMs: 0 });
+    const ctl = new Controller({ nc: cnc, log: ctlLog, reconcileIntervalMs: 0 });
     await ctl.start();
+    // keymgr's bucket, as keymgr creates it (no keymgr runs here): agents watch it too.
+    await cnc.jetstream().views.kv("fleet-secrets", { history: 1 });
     const client = new ControllerClient(cnc, 120_000);
     const r0 = await client.apply({ specYaml: spec(n, 30), sourceName: "bench.yaml", baseRevision: 0n });
     if (r0.error) throw new Error(r0.error.message);
 
     // N agents in worker threads (own event loops, not the controller's): each agent has
     // its own NATS connection and watches its own key.
-    const workers = Math.min(8, Math.ceil(n / 50));
+    const workers = Math.min(workerCount, Math.ceil(n / 50));
     const startConnect = Date.now();
     const pool = Array.from({ length: workers }, (_, w) => new Worker(new URL(import.meta.url), {
-      workerData: { url: nats.url, mode: agentMode, base: stateBase, gateways: Array.from({ length: n }, (_, i) => i).filter((i) => i % workers === w).map((i) => `gw-${i}`) },
+      workerData: { url: nats.url, mode: agentMode, base: stateBase, profileDir, index: w, gateways: Array.from({ length: n }, (_, i) => i).filter((i) => i % workers === w).map((i) => `gw-${i}`) },
     }));
-    await Promise.all(pool.map((wk) => new Promise((res) => wk.once("message", res))));
+    // Each worker says "ready" with its OS thread id (to tell its CPU time from the controller's).
+    const agentTids = new Set(await Promise.all(pool.map((wk) => new Promise<string>((res) => wk.once("message", (m: string) => res(m))))));
     const connectMs = Date.now() - startConnect;
     const base = (await client.getSpec()).revision;
     const target = base + 1n;
     const results = Promise.all(pool.map((wk) => new Promise<number[]>((res) => wk.once("message", (m: number[]) => res(m)))));
     for (const wk of pool) wk.postMessage(String(target));
-    await new Promise((r) => setTimeout(r, 200));
+    // Idle cost of the fleet (pings, heartbeats, timers) over one second, for comparison.
+    const idle0 = process.cpuUsage();
+    const nidle0 = natsCpu(nats.configFile);
+    await new Promise((r) => setTimeout(r, 1000));
+    const idle = process.cpuUsage(idle0);
+    const nidle = natsCpu(nats.configFile) - nidle0;
+    const prof = await profiler();
+    const tcpu0 = threadCpu();
     const cpu0 = process.cpuUsage();
     const ncpu0 = natsCpu(nats.configFile);
     const t0 = performance.timeOrigin + performance.now();
@@ -116,13 +185,17 @@ async function run(n: number): Promise<void> {
     if (r1.revision !== target) throw new Error(`revision ${r1.revision}, expected ${target}`);
     const seenAt = (await Promise.race([results, new Promise<never>((_, rej) => setTimeout(() => rej(new Error(`agents did not converge in 60 s`)), 60_000))])).flat();
     const cpu = process.cpuUsage(cpu0);
+    const tcpu = threadCpuDiff(tcpu0, threadCpu(), agentTids);
     const ncpu = natsCpu(nats.configFile) - ncpu0;
+    await prof.stop(`controller-${n}`);
     await Promise.all(pool.map((wk) => wk.terminate()));
     const seen = seenAt.map((t) => t - t0);
     const sorted = [...seen].sort((a, b) => a - b);
     const f = (x: number) => `${x.toFixed(0)} ms`;
     console.log(`${String(n).padStart(5)} gateways: p50 ${f(pct(sorted, 50))}  p99 ${f(pct(sorted, 99))}  max ${f(sorted[n - 1]!)}  (ApplySpec round trip ${f(applyMs)}, ${n} views rewritten; agents connected in ${connectMs} ms)`);
     console.log(`                 CPU until the last agent saw it: bench process (controller + agents) ${((cpu.user + cpu.system) / 1e6).toFixed(2)} s, nats-server ${ncpu.toFixed(2)} s; load average ${loadavg()[0]!.toFixed(1)}`);
+    console.log(`                 bench process by thread: ${tcpu}`);
+    console.log(`                 (idle fleet, the second before: bench process ${((idle.user + idle.system) / 1e6).toFixed(2)} s, nats-server ${nidle.toFixed(2)} s)`);
     await ctl.stop();
   } finally {
     await Promise.all(conns.map((c) => c.close().catch(() => undefined)));
@@ -145,6 +218,7 @@ class TimingEngine extends FakeEngine {
 /** Agents as the real agent-side code (runFleetClient: KeyWatcher, validation, apply, status) with a fake engine. */
 async function fleetAgentWorker(): Promise<void> {
   const { url, gateways, base } = workerData as { url: string; gateways: string[]; base: string };
+  profileDir = (workerData as { profileDir: string }).profileDir;
   const seen = new Map<string, number>();
   let target = 0n;
   let report!: () => void;
@@ -168,14 +242,16 @@ async function fleetAgentWorker(): Promise<void> {
   }
   // Every agent has applied the first revision's view before we say ready.
   while (synced.size < gateways.length) await new Promise((r) => setTimeout(r, 50));
-  parentPort!.once("message", (t: string) => {
+  parentPort!.once("message", async (t: string) => {
+    const prof = await profiler();
     target = BigInt(t);
     void done.then(async () => {
+      await prof.stop(`agents-${gateways.length}-${(workerData as { index: number }).index}`);
       parentPort!.postMessage([...seen.values()]);
       await Promise.all(clients.map((c) => c.stop()));
     });
   });
-  parentPort!.postMessage("ready");
+  parentPort!.postMessage(readFileSync("/proc/thread-self/stat", "utf8").split(" ")[0]!);
 }
 
 async function agentWorker(): Promise<void> {
@@ -206,10 +282,12 @@ async function agentWorker(): Promise<void> {
     target = BigInt(t);
     void done.then(() => parentPort!.postMessage([...seen.values()]));
   });
-  parentPort!.postMessage("ready");
+  parentPort!.postMessage(readFileSync("/proc/thread-self/stat", "utf8").split(" ")[0]!);
 }
 
 let agentMode = "watch";
+/** --workers W: agent threads (each its own event loop and V8 isolate, with its own JIT and GC threads). */
+let workerCount = 2;
 if (!isMainThread) {
   if ((workerData as { mode: string }).mode === "fleet") await fleetAgentWorker();
   else await agentWorker();
@@ -218,6 +296,10 @@ const args = process.argv.slice(2);
 const ai = args.indexOf("--agent");
 if (ai >= 0) agentMode = args.splice(ai, 2)[1]!;
 if (agentMode !== "watch" && agentMode !== "fleet") throw new Error("--agent watch|fleet");
+const pi = args.indexOf("--profile");
+if (pi >= 0) profileDir = args.splice(pi, 2)[1]!;
+const wi = args.indexOf("--workers");
+if (wi >= 0) workerCount = Number(args.splice(wi, 2)[1]);
 const ri = args.indexOf("--runs");
 const runs = ri >= 0 ? Number(args.splice(ri, 2)[1]) : 1;
 const sizes = args.map(Number).filter((x) => x > 1);
