@@ -109,7 +109,8 @@ test("host: TCP bulk transfer both ways arrives byte for byte (TSO split, coales
       assert.equal(s.stats.drops.integrity, 0, `${name}: no integrity drops`);
       if (s.tun && s.tun.reads > 0) {
         assert.ok(s.tun.superPackets > 0, `${name}: TSO super-packets were split (${JSON.stringify(s.tun)})`);
-        assert.ok(s.tun.coalescedWrites > 0, `${name}: TCP segments were coalesced on write (${JSON.stringify(s.tun)})`);
+        // the TypeScript reference crypto (FLEETSWAN_ESP_CRYPTO=ts) opens into fresh buffers, written one by one
+        if (process.env.FLEETSWAN_ESP_CRYPTO !== "ts") assert.ok(s.tun.coalescedWrites > 0, `${name}: TCP segments were coalesced on write (${JSON.stringify(s.tun)})`);
         assert.equal(s.tun.dropped, 0, `${name}: no TUN offload drops`);
       }
     }
