@@ -168,9 +168,15 @@ export function createKeyExchange(group: number, opts: { privateKey?: Buffer } =
       priv = createPrivateKey({ key: Buffer.concat([X25519_PKCS8_PREFIX, opts.privateKey]), format: "der", type: "pkcs8" });
       pubRaw = x25519Raw(createPublicKey(priv));
     } else {
-      const kp = generateKeyPairSync("x25519");
+      // The public value comes DER-encoded (SPKI) out of the key generation itself, not from
+      // exporting the new public KeyObject afterwards: node 20.20 can deadlock when a GC
+      // during that export (ExportJWKEdKey holds the key's mutex while allocating) finalizes
+      // the generation job that shares the key and takes the same mutex (seen in a crypto
+      // worker under the handshake benchmark; gdb: ~KeyGenJob waiting in ExportJWK).
+      // (only the public key encoded: node returns it as a Buffer, the private key as a KeyObject; @types/node has no overload for that)
+      const kp = generateKeyPairSync("x25519", { publicKeyEncoding: { type: "spki", format: "der" } } as never) as unknown as { publicKey: Buffer; privateKey: KeyObject };
       priv = kp.privateKey;
-      pubRaw = x25519Raw(kp.publicKey);
+      pubRaw = Buffer.from(kp.publicKey.subarray(kp.publicKey.length - 32)); // SPKI = 12-octet prefix | 32-octet u (RFC 8410)
     }
     return {
       group,
