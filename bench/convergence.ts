@@ -9,8 +9,9 @@
  *
  *   npx tsc -b services/controller test && npx tsc -p bench/convergence.tsconfig.json
  *   node bench/dist/convergence.js [--runs R] [--agent watch|fleet] [--workers W] [--profile DIR] [N ...]
- *     (default: 100 1000, 1 run, watch, 2 worker threads)
- *   --workers W: agent threads (default 2, one per core; up to 6a5c0b2 it was 8: eight V8
+ *     [--warmup K]   (default: 100 1000, 1 run, watch, 2 worker threads, no warm-up)
+ *   --warmup K: K unmeasured spec changes before the measured one (JIT-compiled agent code)
+ *   --workers W: agent threads (default 2, one per core; up to cb08fd4 it was 8: eight V8
  *   isolates each compiling and collecting garbage on two cores cost ~0.5 s CPU more at 1,000)
  *   --profile DIR: V8 CPU profiles of the controller and each agent thread for the measured
  *   window; summarise with `node bench/cpuprofile-summary.mjs DIR/*.cpuprofile`
@@ -37,7 +38,11 @@
  *     after p99 5.5 / 7.4 s (load 8-15), CPU 4.0 / 3.2 s; with statuses stored by a plain
  *     publish p99 2.3 s (load 4.8), CPU 3.6 s (+ nats 0.8 s). 100: before p99 0.5 / 1.6 s,
  *     after 0.3 / 1.0 s.
- * What changed: the spec is parsed by js-yaml (no CST, no line table: 21-35 ms instead of
+ *   after cb08fd4 (slot files, 2 agent threads, controller batching; load 0.3-1.6), per run
+ *     p50/p99/max ms: --agent fleet 1000: 875/1084/1088, 1088/1409/1417, 1015/1422/1537
+ *     (with --warmup 1: 1046/1332/1336, 802/1199/1201, 792/1200/1203); 100: p99 252/182/208;
+ *     kv.watch 1000: 633/761/764, 440/563/567; 100: p99 126/92. CPU and details: docs/keymgr.md.
+ * What changed (up to c77f4b1): the spec is parsed by js-yaml (no CST, no line table: 21-35 ms instead of
  * ~350 ms for this 124 KB spec) and `yaml`'s positioned parse runs only when a problem
  * must name file:line; the views go out as one pipelined batch of publishes with an
  * expected-last-subject-sequence header (no per-write request promise, timer and stack
@@ -164,6 +169,13 @@ async function run(n: number): Promise<void> {
     // Each worker says "ready" with its OS thread id (to tell its CPU time from the controller's).
     const agentTids = new Set(await Promise.all(pool.map((wk) => new Promise<string>((res) => wk.once("message", (m: string) => res(m))))));
     const connectMs = Date.now() - startConnect;
+    // --warmup K: K unmeasured changes first (3 s each to settle), so the measured one
+    // finds the agents' code compiled by the JIT, as in a fleet that has been running.
+    for (let k = 0; k < warmups; k++) {
+      const r = await client.apply({ specYaml: spec(n, 40 + k), sourceName: "bench.yaml", baseRevision: (await client.getSpec()).revision });
+      if (r.error) throw new Error(r.error.message);
+      await new Promise((res) => setTimeout(res, 3000));
+    }
     const base = (await client.getSpec()).revision;
     const target = base + 1n;
     const results = Promise.all(pool.map((wk) => new Promise<number[]>((res) => wk.once("message", (m: number[]) => res(m)))));
@@ -288,6 +300,7 @@ async function agentWorker(): Promise<void> {
 let agentMode = "watch";
 /** --workers W: agent threads (each its own event loop and V8 isolate, with its own JIT and GC threads). */
 let workerCount = 2;
+let warmups = 0;
 if (!isMainThread) {
   if ((workerData as { mode: string }).mode === "fleet") await fleetAgentWorker();
   else await agentWorker();
@@ -300,6 +313,8 @@ const pi = args.indexOf("--profile");
 if (pi >= 0) profileDir = args.splice(pi, 2)[1]!;
 const wi = args.indexOf("--workers");
 if (wi >= 0) workerCount = Number(args.splice(wi, 2)[1]);
+const ki = args.indexOf("--warmup");
+if (ki >= 0) warmups = Number(args.splice(ki, 2)[1]);
 const ri = args.indexOf("--runs");
 const runs = ri >= 0 ? Number(args.splice(ri, 2)[1]) : 1;
 const sizes = args.map(Number).filter((x) => x > 1);
