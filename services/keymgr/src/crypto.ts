@@ -43,11 +43,31 @@ export function x25519PublicFromRaw(raw: Uint8Array): KeyObject {
 
 /** A fresh X25519 key pair (private key as PKCS#8 PEM in a Secret). */
 export function generateX25519(): { privatePem: Secret; publicRaw: Buffer } {
-  const { privateKey, publicKey } = generateKeyPairSync("x25519");
-  return {
-    privatePem: new Secret(privateKey.export({ format: "pem", type: "pkcs8" }) as string),
-    publicRaw: x25519PublicRaw(publicKey),
-  };
+  // Both halves encoded by the generation itself: no KeyObject of a generation job is
+  // exported afterwards (see generateEphemeral).
+  const { privateKey, publicKey } = generateKeyPairSync("x25519", {
+    privateKeyEncoding: { format: "pem", type: "pkcs8" },
+    publicKeyEncoding: { format: "der", type: "spki" },
+  });
+  return { privatePem: new Secret(privateKey), publicRaw: spkiRaw(publicKey) };
+}
+
+/** The 32-octet u of an X25519 SubjectPublicKeyInfo (RFC 8410: 12-octet prefix | u). */
+function spkiRaw(der: Buffer): Buffer {
+  return Buffer.from(der.subarray(der.length - 32));
+}
+
+/**
+ * An ephemeral X25519 pair, the public value DER-encoded by the generation itself. Exporting
+ * a freshly generated KeyObject as JWK can deadlock node 20.20: a GC during the export (which
+ * holds the key's mutex while allocating) finalizes the generation job that shares the key
+ * and takes the same mutex (found in the ikeagent's crypto workers, see ike/crypto/dh.ts).
+ */
+function generateEphemeral(): { privateKey: KeyObject; publicRaw: Buffer } {
+  // Only the public key encoded: node returns it as a Buffer and the private key as a KeyObject
+  // (@types/node has no overload for that mix).
+  const kp = generateKeyPairSync("x25519", { publicKeyEncoding: { type: "spki", format: "der" } } as never) as unknown as { publicKey: Buffer; privateKey: KeyObject };
+  return { privateKey: kp.privateKey, publicRaw: spkiRaw(kp.publicKey) };
 }
 
 /** SHA-256 of a public key, hex: SealedSecret.recipient_key_id, EnrollResponse.key_id. */
@@ -80,8 +100,8 @@ export function sealSecret(
 ): fleet.SealedSecret {
   const recipientPublic = Buffer.from(to.recipientPublic);
   const recipient = x25519PublicFromRaw(recipientPublic);
-  const eph = generateKeyPairSync("x25519");
-  const ephPublic = x25519PublicRaw(eph.publicKey);
+  const eph = generateEphemeral();
+  const ephPublic = eph.publicRaw;
   const shared = diffieHellman({ privateKey: eph.privateKey, publicKey: recipient });
   const key = sealKey(shared, ephPublic, recipientPublic, to.gateway, to.secretRef);
   const nonce = randomBytes(12);

@@ -42,8 +42,12 @@ export function loadOrCreateAgentKey(stateDir: string): AgentKey {
     pem.wipe();
     if (privateKey.asymmetricKeyType !== "x25519") throw new FleetswanError("CONFIG_INVALID", `${file}: not an X25519 private key`);
   } else {
-    privateKey = generateKeyPairSync("x25519").privateKey;
-    writeFileSync(file, privateKey.export({ format: "pem", type: "pkcs8" }), { mode: 0o600, flag: "wx" });
+    // Encoded by the generation itself and loaded back: a generated KeyObject exported later
+    // can deadlock node 20.20 (a GC finalizing the generation job; see ike/crypto/dh.ts).
+    const pem = new Secret(generateKeyPairSync("x25519", { privateKeyEncoding: { format: "pem", type: "pkcs8" }, publicKeyEncoding: { format: "der", type: "spki" } }).privateKey);
+    writeFileSync(file, pem.reveal(), { mode: 0o600, flag: "wx" });
+    privateKey = createPrivateKey({ key: pem.reveal(), format: "pem" });
+    pem.wipe();
   }
   const raw = publicRaw(createPublicKey(privateKey));
   return { privateKey, publicRaw: raw, keyId: createHash("sha256").update(raw).digest("hex") };
