@@ -15,6 +15,7 @@ import type { EngineCore } from "./context.js";
 import { IkeFailure, Reason } from "./failure.js";
 import { ChildSa, type IkeSa } from "./sa.js";
 import { notify } from "./task-manager.js";
+import { ChildDelete } from "./tasks/child-delete.js";
 import { contains, fromWire, hostTs, narrow, toSelectors, toWire, tsToString, type Ts } from "./ts.js";
 
 // ------------------------------------------------------------------ helpers --
@@ -352,21 +353,55 @@ export async function installChild(core: EngineCore, sa: IkeSa, child: ChildSa, 
     direction: dataplane.Direction.DIRECTION_OUT,
     selector: sel(child.localTs, child.remoteTs),
   };
-  await core.dp.addSa(inbound);
   const addOut = async (): Promise<void> => {
     if (child.outboundInstalled || child.removed) return;
-    await core.dp.addSa(outbound);
+    // Marked before the call: a call that times out may still be carried out, and removing
+    // the CHILD SA must then delete it ("not found" on delete is success).
     child.outboundInstalled = true;
+    await core.dp.addSa(outbound);
     outKeys.e.fill(0);
     outKeys.i.fill(0);
   };
-  if (opts.outbound) await addOut();
-  else child.pendingOutbound = addOut;
-  inKeys.e.fill(0);
-  inKeys.i.fill(0);
-  await installPolicies(core, sa, child);
+  try {
+    await core.dp.addSa(inbound);
+    if (opts.outbound) await addOut();
+    else child.pendingOutbound = addOut;
+    await installPolicies(core, sa, child);
+  } catch (err) {
+    await rollBackChild(core, sa, child);
+    throw err;
+  } finally {
+    inKeys.e.fill(0);
+    inKeys.i.fill(0);
+  }
   child.state = "installed";
   child.installedAt = new Date();
+}
+
+/**
+ * A CHILD SA whose installation failed part-way (typically a dataplane call that timed out
+ * under load, which the dataplane may still carry out): take out everything it may have put
+ * in the dataplane, so no stale SA or policy reference outlives it. The caller reports the
+ * failure; an initiator also tells the peer (deleteFailedChild).
+ */
+async function rollBackChild(core: EngineCore, sa: IkeSa, child: ChildSa): Promise<void> {
+  child.pendingOutbound = undefined;
+  try {
+    await uninstallChild(core, sa, child, core.isRouted(child.conn.name));
+  } catch (err) {
+    core.log.warn({ conn: child.conn.name, child: child.id, err: (err as Error).message }, "removing a CHILD SA whose installation failed also failed; the dataplane's reconcile will prune it");
+  }
+  child.state = "destroyed";
+}
+
+/**
+ * Our end could not install a CHILD SA the peer has created (its response carried an SA):
+ * delete it at the peer (§1.4.1) so the peer does not keep a half with no partner here. The
+ * retry, if any, makes a new one.
+ */
+export function deleteFailedChild(core: EngineCore, sa: IkeSa, child: ChildSa, err: unknown): void {
+  if (err instanceof IkeFailure || !child.spiIn || !child.spiOut || child.state !== "destroyed" || sa.state === "destroyed") return;
+  sa.tm.queue(new ChildDelete(core, child, "its installation here failed"), true);
 }
 
 /** Policies out (local -> remote), in and fwd (remote -> local; fwd only in tunnel mode), action PROTECT. */

@@ -47,6 +47,8 @@ export interface EngineCore {
   failed(sa: IkeSa | undefined, conn: ConnRuntime | undefined, err: IkeFailure): void;
   /** Records an event for the fleet (and the log). */
   event(kind: string, conn: string, message: string, code?: string): void;
+  /** The connection is routed (its outbound policies become TRAP when no CHILD SA holds them). */
+  isRouted(connection: string): boolean;
   /** Queues a task on an SA. */
   queue(sa: IkeSa, task: Task): void;
 }

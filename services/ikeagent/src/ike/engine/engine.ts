@@ -347,6 +347,10 @@ export class IkeEngine extends EventEmitter implements Engine, EngineCore {
     return undefined;
   }
 
+  isRouted(connection: string): boolean {
+    return this.#routed.has(connection);
+  }
+
   async removeChild(sa: IkeSa, child: ChildSa, why: string): Promise<void> {
     const owner = this.#ownerOf(child) ?? sa;
     const next = child.replacedBy;

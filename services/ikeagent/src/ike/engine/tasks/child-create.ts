@@ -6,7 +6,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { ExchangeType, NotifyType, PayloadType, type Payload } from "../../wire/index.js";
-import { ChildInitiator, find, respondChild } from "../child.js";
+import { ChildInitiator, deleteFailedChild, find, respondChild } from "../child.js";
 import type { ConnRuntime } from "../conn.js";
 import type { EngineCore } from "../context.js";
 import { IkeFailure, Reason } from "../failure.js";
@@ -36,6 +36,7 @@ export class ChildCreate implements Task {
       this.core.childInstalled(sa, child);
     } catch (err) {
       await this.core.dp.deleteSa({ dst: sa.local.address, spi: this.#child!.child.spiIn, protocol: 50 }).catch(() => undefined);
+      deleteFailedChild(this.core, sa, this.#child!.child, err);
       throw err;
     }
     return "done";

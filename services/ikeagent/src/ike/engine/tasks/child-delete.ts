@@ -31,7 +31,8 @@ export class ChildDelete implements Task {
   ) {}
 
   async build(): Promise<Payload[]> {
-    if (this.child.state !== "rekeyed") this.child.state = "deleting";
+    // (A CHILD SA that failed to install is already "destroyed" here: it stays so.)
+    if (this.child.state !== "rekeyed" && this.child.state !== "destroyed") this.child.state = "deleting";
     return [{ type: PayloadType.DELETE, protocol: ProtocolId.ESP, spiSize: 4, spis: [spiBuf(this.child.spiIn)] } as DeletePayload];
   }
 

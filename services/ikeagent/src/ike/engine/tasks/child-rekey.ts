@@ -17,7 +17,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { ExchangeType, NotifyType, PayloadType, ProtocolId, type Payload } from "../../wire/index.js";
-import { ChildInitiator, find, findNotify, respondChild } from "../child.js";
+import { ChildInitiator, deleteFailedChild, find, findNotify, respondChild } from "../child.js";
 import type { EngineCore } from "../context.js";
 import { IkeFailure, Reason } from "../failure.js";
 import type { ChildSa, IkeSa } from "../sa.js";
@@ -79,6 +79,7 @@ export class ChildRekey implements Task {
     } catch (err) {
       old.state = "installed";
       await this.core.dp.deleteSa({ dst: sa.local.address, spi: this.#init!.child.spiIn, protocol: 50 }).catch(() => undefined);
+      deleteFailedChild(this.core, sa, this.#init!.child, err);
       throw err;
     }
     this.core.metrics.rekeySeconds.observe({ kind: "child" }, (Date.now() - this.#started) / 1000);

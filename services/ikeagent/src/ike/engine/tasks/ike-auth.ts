@@ -12,7 +12,7 @@ import { X509Certificate, createPrivateKey } from "node:crypto";
 import { fleet } from "@fleetswan/proto";
 import { defaultSchemeFor, signAuthData, verifyPskAuth, verifySignatureAuthData, certReqHash } from "../../crypto/auth.js";
 import { AuthMethod, CertEncoding, ExchangeType, IdType, NotifyType, PayloadType, idPayloadBody, nameOf, type AuthPayload, type IdPayload, type Payload } from "../../wire/index.js";
-import { ChildInitiator, configuredTs, errorNotify, find, findNotify, respondChild } from "../child.js";
+import { ChildInitiator, configuredTs, deleteFailedChild, errorNotify, find, findNotify, respondChild } from "../child.js";
 import { identityMatches, identityText, parseIdentity, type ConnRuntime, type Identity } from "../conn.js";
 import type { EngineCore } from "../context.js";
 import { IkeFailure, Reason } from "../failure.js";
@@ -197,6 +197,7 @@ export class IkeAuth implements Task {
       // The IKE SA stays up when only the CHILD SA failed (§1.2).
       const f = err instanceof IkeFailure ? err : new IkeFailure(Reason.DATAPLANE_ERROR, (err as Error).message);
       await this.core.dp.deleteSa({ dst: sa.local.address, spi: this.#child!.child.spiIn, protocol: 50 }).catch(() => undefined);
+      deleteFailedChild(this.core, sa, this.#child!.child, err);
       this.core.failed(sa, conn, f);
       if (f.reason === Reason.TEMPORARY_FAILURE || f.reason === Reason.DATAPLANE_ERROR) {
         // Transient: the IKE SA stands; try the CHILD SA again shortly with CREATE_CHILD_SA.
