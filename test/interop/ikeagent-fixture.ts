@@ -6,9 +6,10 @@
  *   gwa (charon, kernel-libipsec)  192.0.2.1 ==veth== 192.0.2.2  gwb (fleetswan ikeagent)
  *   10.1.0.1/32 on lo                                            10.2.0.1/32 on lo
  *
- * The agent runs with a dataplane: the real one (`fleetswan dataplane --backend userspace`)
- * when FLEETSWAN_INTEROP_DATAPLANE=userspace, otherwise the in-process fake (IKE-only
- * checks: the peer's view through swanctl --list-sas, ours through the control socket).
+ * The agent runs with the real dataplane (`fleetswan dataplane --backend userspace`), so
+ * the traffic tests prove packets through the tunnel; FLEETSWAN_INTEROP_DATAPLANE=fake runs
+ * the IKE-only checks against the in-process fake (faster while working on the engine; the
+ * traffic tests then skip, saying so).
  */
 import { mkdirSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -144,6 +145,13 @@ export interface Env {
 /** Starts the topology, charon in gwa (with `charon` config) and our agent in gwb (with `yaml`). */
 export type AgentConfig = string | { ipsecConf: string; ipsecSecrets: string };
 
+/** Which dataplane the agent gets: "userspace" (default) or "fake" (FLEETSWAN_INTEROP_DATAPLANE=fake). */
+export function interopDataplane(): 'userspace' | 'fake' {
+  const v = process.env.FLEETSWAN_INTEROP_DATAPLANE ?? 'userspace';
+  if (v !== 'userspace' && v !== 'fake') throw new Error(`FLEETSWAN_INTEROP_DATAPLANE=${v}: expected userspace or fake`);
+  return v;
+}
+
 export async function startEnv(yaml: AgentConfig, charonSwanctl: string, opts: { charonExtra?: string; before?: (charonDir: string) => Promise<void>; topology?: () => Promise<Topology>; agentAddr?: string; agentArgs?: string[] } = {}): Promise<Env> {
   const net = await (opts.topology ?? (() => siteToSiteTopology(newRunId())))();
   let charon: Charon | undefined;
@@ -184,7 +192,7 @@ export async function startAgent(net: Topology, yaml: AgentConfig, address = B.a
   }
   const socket = join(dir, 'ikeagent.sock');
   const metricsPort = 19743;
-  const dataplane = process.env.FLEETSWAN_INTEROP_DATAPLANE === 'userspace' ? join(dir, 'dataplane.sock') : 'fake';
+  const dataplane = interopDataplane() === 'userspace' ? join(dir, 'dataplane.sock') : 'fake';
   if (dataplane !== 'fake') {
     net.spawn('gwb', ['node', FLEETSWAN, 'dataplane', '--backend', 'userspace', '--socket', dataplane, '--metrics-port', '0', '--natt-port', '4500', '--state-file', join(dir, 'dataplane-state.json')], { logFile: join(dir, 'dataplane.log') });
     await waitFor('dataplane socket', async () => existsSync(dataplane), { timeoutMs: 15000, intervalMs: 100 });

@@ -10,9 +10,11 @@ import assert from 'node:assert/strict';
 import { countPackets, ipsecSummary, makeTempDir, needExecutable, needRoot, skipReason, sleep, startCapture, waitFor, CHARON, SWANCTL } from '../harness/index.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { A, B, PSK, agentYaml, charonConf, curlMetrics, logMessages, makePki, startEnv, type AgentConfig, type AgentSa, type Env } from './ikeagent-fixture.js';
+import { A, B, PSK, agentYaml, charonConf, curlMetrics, interopDataplane, logMessages, makePki, startEnv, type AgentConfig, type AgentSa, type Env } from './ikeagent-fixture.js';
 
 const skip = skipReason(needRoot(), needExecutable(CHARON, SWANCTL));
+/** The agent has the real (userspace) dataplane: traffic goes through the tunnel. */
+const userspace = interopDataplane() === 'userspace';
 
 const established = (sas: AgentSa[]): AgentSa | undefined =>
   sas.find((s) => s.state === 'IKE_SA_STATE_ESTABLISHED' && (s.children ?? []).some((c) => c.state === 'CHILD_SA_STATE_INSTALLED'));
@@ -250,8 +252,7 @@ void B;
 
 // ------------------------------------------------------------------ traffic --
 
-const userspace = process.env.FLEETSWAN_INTEROP_DATAPLANE === 'userspace';
-const trafficSkip = skip ?? (userspace ? null : 'traffic needs the userspace dataplane: set FLEETSWAN_INTEROP_DATAPLANE=userspace');
+const trafficSkip = skip ?? (userspace ? null : 'traffic needs the userspace dataplane: FLEETSWAN_INTEROP_DATAPLANE=fake was set');
 
 test('traffic: ping through the tunnel both ways, ESP-in-UDP on the wire and no cleartext; CHILD rekey under ping loses nothing', { skip: trafficSkip ?? false }, async () => {
   await withEnv(agentYaml({ childLifetime: 16, rekeyMargin: 8, rekeyFuzz: 0 }), charonConf({ childRekeyTime: 5, childLifeTime: 60 }), async (env) => {
