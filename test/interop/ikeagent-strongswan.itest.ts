@@ -160,10 +160,17 @@ test('CHILD SA rekey initiated by fleetswan (strongSwan does not rekey)', { skip
   await withEnv(agentYaml({ childLifetime: 12, rekeyMargin: 6, rekeyFuzz: 0 }), charonConf(), async (env) => {
     await env.charon.initiate({ child: 'net' });
     const first = (await assertAgree(env)).ours.children![0]!;
+    const seen: string[] = [];
     await waitFor('our rekey', async () => {
-      const c = established(await env.agent.status())?.children?.find((x) => x.state === 'CHILD_SA_STATE_INSTALLED');
-      return c && c.spiIn !== first.spiIn && (await env.charon.listSas())[0]?.children.length === 1 ? c : undefined;
-    }, { timeoutMs: 25000, intervalMs: 200 });
+      const t = Date.now();
+      const ours = await env.agent.status();
+      const theirs = await env.charon.listSas();
+      seen.push(`+${Date.now() - t}ms ours ${JSON.stringify(ours.map((s) => [s.state, (s.children ?? []).map((c) => [c.state, c.spiIn])]))} theirs ${JSON.stringify(theirs.map((s) => [s.state, s.children.map((c) => [c.state, c.spiIn])]))}`);
+      const c = established(ours)?.children?.find((x) => x.state === 'CHILD_SA_STATE_INSTALLED');
+      // strongSwan lists a CHILD SA deleted after a rekey as DELETED for delete_rekeyed_delay
+      // (5 s): gone is "not INSTALLED" (our 6 s rekeys leave it about 1 s without one).
+      return c && c.spiIn !== first.spiIn && theirs[0]?.children.filter((x) => x.state === 'INSTALLED').length === 1 ? c : undefined;
+    }, { timeoutMs: 25000, intervalMs: 200 }).catch((e: Error) => { throw new Error(`${e.message} (first ${first.spiIn}); probes:\n${seen.join('\n')}`); });
     await assertAgree(env);
   });
 });
