@@ -214,7 +214,8 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
       mApply.inc({ outcome: "ok" });
       mRevision.set(Number(v.revision));
       log.info({ gateway, revision: String(v.revision), added: res.added, changed: res.changed, removed: res.removed }, "view applied");
-      publishEvent({ time: new Date(), kind: "apply", connection: "", message: `revision ${v.revision}: +${res.added.length} ~${res.changed.length} -${res.removed.length}` });
+      // The status says which revision is applied (no separate event: the engine reports
+      // its own "apply" event with the connections it changed).
       publishStatus();
     } catch (e) {
       applyError = (e as Error).message;
