@@ -42,6 +42,9 @@
  *     p50/p99/max ms: --agent fleet 1000: 875/1084/1088, 1088/1409/1417, 1015/1422/1537
  *     (with --warmup 1: 1046/1332/1336, 802/1199/1201, 792/1200/1203); 100: p99 252/182/208;
  *     kv.watch 1000: 633/761/764, 440/563/567; 100: p99 126/92. CPU and details: docs/keymgr.md.
+ *   after 1e0ec9f (no "apply" event per view), --agent fleet --warmup 2, 1000, 5 runs: p99
+ *     1019/1157/997/1124/951 ms (median 1.02 s); the V8 helper threads (0.35-0.5 s CPU per
+ *     change) are TurboFan recompiling, not GC: docs/keymgr.md "Session 3".
  * What changed (up to c77f4b1): the spec is parsed by js-yaml (no CST, no line table: 21-35 ms instead of
  * ~350 ms for this 124 KB spec) and `yaml`'s positioned parse runs only when a problem
  * must name file:line; the views go out as one pipelined batch of publishes with an
