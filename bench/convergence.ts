@@ -203,6 +203,9 @@ async function run(n: number): Promise<void> {
     const tcpu = threadCpuDiff(tcpu0, threadCpu(), agentTids);
     const ncpu = natsCpu(nats.configFile) - ncpu0;
     await prof.stop(`controller-${n}`);
+    // Only now may the agents disconnect: a worker that tore its 500 connections down as
+    // soon as its own agents had applied loaded nats-server while the other's still waited.
+    await Promise.all(pool.map((wk) => new Promise<void>((res) => { wk.once("message", () => res()); wk.postMessage("stop"); })));
     await Promise.all(pool.map((wk) => wk.terminate()));
     const seen = seenAt.map((t) => t - t0);
     const sorted = [...seen].sort((a, b) => a - b);
@@ -262,8 +265,11 @@ async function fleetAgentWorker(): Promise<void> {
     target = BigInt(t);
     void done.then(async () => {
       await prof.stop(`agents-${gateways.length}-${(workerData as { index: number }).index}`);
+      parentPort!.once("message", async () => {
+        await Promise.all(clients.map((c) => c.stop()));
+        parentPort!.postMessage("stopped");
+      });
       parentPort!.postMessage([...seen.values()]);
-      await Promise.all(clients.map((c) => c.stop()));
     });
   });
   parentPort!.postMessage(readFileSync("/proc/thread-self/stat", "utf8").split(" ")[0]!);
@@ -295,7 +301,10 @@ async function agentWorker(): Promise<void> {
   }
   parentPort!.once("message", (t: string) => {
     target = BigInt(t);
-    void done.then(() => parentPort!.postMessage([...seen.values()]));
+    void done.then(() => {
+      parentPort!.once("message", () => parentPort!.postMessage("stopped"));
+      parentPort!.postMessage([...seen.values()]);
+    });
   });
   parentPort!.postMessage(readFileSync("/proc/thread-self/stat", "utf8").split(" ")[0]!);
 }
