@@ -84,11 +84,14 @@ test("controller on a 3-node NATS cluster: one node killed, apply and status kee
 
   // status: an agent reports through a surviving node, any replica answers
   agentNc.publish("fleet.v1.gw.gw-a.status", fleet.AgentStatus.encode(fleet.AgentStatus.fromPartial({ gateway: "gw-a", time: new Date(), appliedRevision: r2.revision, ikeSas: 2 })).finish());
+  // Any replica may answer; one that reconnected from the dead node may not have seen the new
+  // spec yet (eventually consistent), so wait until an answer carries the new revision too.
+  let lastSeen = "no answer";
   const st = await waitFor("status with node 0 dead", async () => {
-    const s = await client.status().catch(() => undefined);
-    return s?.gateways.find((g) => g.name === "gw-a")?.state === "up" ? s : undefined;
-  }, { timeoutMs: 30_000, intervalMs: 500 });
-  assert.equal(st.revision, r2.revision);
+    const s = await client.status().catch((e) => { lastSeen = (e as Error).message; return undefined; });
+    if (s) lastSeen = `revision ${s.revision}, gw-a ${s.gateways.find((g) => g.name === "gw-a")?.state}`;
+    return s?.revision === r2.revision && s.gateways.find((g) => g.name === "gw-a")?.state === "up" ? s : undefined;
+  }, { timeoutMs: 30_000, intervalMs: 500 }).catch((e) => { throw new Error(`${(e as Error).message}; last answer: ${lastSeen}`); });
   assert.equal(st.gateways.find((g) => g.name === "gw-a")!.revisionLag, 0n);
   assert.equal(st.connections.length, 8);
 

@@ -876,7 +876,13 @@ export class Controller {
     this.#reconciling ??= (async () => {
       try {
         const cur = await this.#currentRecord();
-        if (!cur.record || (cur.revision <= this.#reconciled && !this.#viewsDirty) || this.#stopped) return;
+        if (!cur.record || this.#stopped) return;
+        if (cur.revision <= this.#reconciled && !this.#viewsDirty) {
+          // Views are written; still make sure this replica serves the stored revision even if
+          // its spec watch lost its consumer (a NATS node died) and missed an update.
+          await this.#loadCurrent(cur.revision, cur.record);
+          return;
+        }
         this.#viewsDirty = false;
         const f = await this.#compileRecord(cur.record);
         const rendered = renderGateways(f);
