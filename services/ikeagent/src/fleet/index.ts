@@ -226,12 +226,13 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
   };
 
   // ------------------------------------------------------------ status, events, commands ----
-  const publish = (subject: string, data: Uint8Array): void => {
-    if (!nc || nc.isClosed()) return;
+  const publish = (subject: string, data: Uint8Array): boolean => {
+    if (!nc || nc.isClosed()) return false;
     try {
       nc.publish(subject, data);
+      return true;
     } catch {
-      /* not connected: status is periodic anyway */
+      return false; // not connected: status is periodic anyway
     }
   };
   const buildStatus = (): fleet.AgentStatus => {
@@ -260,9 +261,19 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
       ),
     });
   };
-  const publishStatus = (): void => publish(`fleet.v1.gw.${gateway}.status`, fleet.AgentStatus.encode(buildStatus()).finish());
+  // The last status sent, without its time. A change that alters nothing the status shows
+  // (the engine's "change" after an apply already reported) is not sent again: at 1,000
+  // gateways that halves the statuses of a fleet-wide change. The periodic status is always
+  // sent: it is the agent's heartbeat.
+  let lastStatusBody: Buffer | undefined;
+  const publishStatus = (o: { heartbeat?: boolean } = {}): void => {
+    const st = buildStatus();
+    const body = Buffer.from(fleet.AgentStatus.encode({ ...st, time: undefined }).finish());
+    if (!o.heartbeat && lastStatusBody?.equals(body)) return;
+    if (publish(`fleet.v1.gw.${gateway}.status`, fleet.AgentStatus.encode(st).finish())) lastStatusBody = body;
+  };
   const publishEvent = (e: EngineEvent): void =>
-    publish(
+    void publish(
       `fleet.v1.gw.${gateway}.events`,
       fleet.AgentEvent.encode({ gateway, time: e.time, kind: e.kind, connection: e.connection, code: e.code ?? "", message: e.message }).finish(),
     );
@@ -402,9 +413,9 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
       if (acceptSealed(ref, fleet.SealedSecret.decode(ch.value), ch.value)) scheduleApply();
     });
     void enrollLoop();
-    const statusTimer = setInterval(publishStatus, opts.statusIntervalMs ?? 10_000);
+    const statusTimer = setInterval(() => publishStatus({ heartbeat: true }), opts.statusIntervalMs ?? 10_000);
     statusTimer.unref();
-    publishStatus();
+    publishStatus({ heartbeat: true });
     void (async () => {
       for await (const s of conn.status()) {
         if (s.type === "disconnect") {
@@ -414,7 +425,7 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
           mConnected.set(1);
           log.info({ gateway, server: conn.getServer() }, "NATS reconnected; resyncing");
           for (const w of watchers) w.resync();
-          publishStatus();
+          publishStatus({ heartbeat: true });
         }
       }
     })();
