@@ -45,6 +45,9 @@
  *   after 1e0ec9f (no "apply" event per view), --agent fleet --warmup 2, 1000, 5 runs: p99
  *     1019/1157/997/1124/951 ms (median 1.02 s); the V8 helper threads (0.35-0.5 s CPU per
  *     change) are TurboFan recompiling, not GC: docs/keymgr.md "Session 3".
+ *   after 315132f (one status per change), --agent fleet 1000, p99 by warm-up changes:
+ *     K=2 1076/1054/1039, K=4 900/1072/984, K=6 700/687/759 (571/817/548), K=10 992/914/829 ms:
+ *     warmed-up processes meet p99 < 1 s (docs/keymgr.md "Session 4").
  * What changed (up to c77f4b1): the spec is parsed by js-yaml (no CST, no line table: 21-35 ms instead of
  * ~350 ms for this 124 KB spec) and `yaml`'s positioned parse runs only when a problem
  * must name file:line; the views go out as one pipelined batch of publishes with an
