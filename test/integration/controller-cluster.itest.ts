@@ -82,8 +82,13 @@ test("controller on a 3-node NATS cluster: one node killed, apply and status kee
     assert.equal(v.connections[0]!.dpdDelaySeconds, 20);
   }
 
-  // status: an agent reports through a surviving node, any replica answers
-  agentNc.publish("fleet.v1.gw.gw-a.status", fleet.AgentStatus.encode(fleet.AgentStatus.fromPartial({ gateway: "gw-a", time: new Date(), appliedRevision: r2.revision, ikeSas: 2 })).finish());
+  // status: an agent reports through a surviving node, every 2 s as a real agent does (its
+  // periodic status; the controller stores statuses without waiting for the PubAck, so one
+  // published while the status stream elects a new leader is replaced by the next).
+  const report = () => agentNc.publish("fleet.v1.gw.gw-a.status", fleet.AgentStatus.encode(fleet.AgentStatus.fromPartial({ gateway: "gw-a", time: new Date(), appliedRevision: r2.revision, ikeSas: 2 })).finish());
+  report();
+  const reporting = setInterval(report, 2000);
+  cleanup.push(async () => clearInterval(reporting));
   // Any replica may answer; one that reconnected from the dead node may not have seen the new
   // spec yet (eventually consistent), so wait until an answer carries the new revision too.
   let lastSeen = "no answer";
@@ -91,7 +96,12 @@ test("controller on a 3-node NATS cluster: one node killed, apply and status kee
     const s = await client.status().catch((e) => { lastSeen = (e as Error).message; return undefined; });
     if (s) lastSeen = `revision ${s.revision}, gw-a ${s.gateways.find((g) => g.name === "gw-a")?.state}`;
     return s?.revision === r2.revision && s.gateways.find((g) => g.name === "gw-a")?.state === "up" ? s : undefined;
-  }, { timeoutMs: 30_000, intervalMs: 500 }).catch((e) => { throw new Error(`${(e as Error).message}; last answer: ${lastSeen}`); });
+  }, { timeoutMs: 30_000, intervalMs: 500 }).catch(async (e) => {
+    const stored = await (await reader.jetstream().views.kv(BUCKET.status, { bindOnly: true })).get("gw-a").catch((x) => `unreadable: ${(x as Error).message}`);
+    const where = typeof stored === "string" ? stored : stored ? `stored at KV revision ${stored.revision}` : "not stored";
+    throw new Error(`${(e as Error).message}; last answer: ${lastSeen}; gw-a's status in fleet-status: ${where}`);
+  });
+  clearInterval(reporting);
   assert.equal(st.gateways.find((g) => g.name === "gw-a")!.revisionLag, 0n);
   assert.equal(st.connections.length, 8);
 

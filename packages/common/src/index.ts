@@ -6,3 +6,4 @@ export * from "./config.js";
 export * from "./defaults.js";
 export * from "./cli.js";
 export * from "./nats.js";
+export * from "./kv-watch.js";

@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { lookup } from "node:dns/promises";
 import { createInbox, headers as natsHeaders, type KV, type Msg, type NatsConnection, type Subscription } from "nats";
-import { ConflictError, FleetswanError, NotFoundError, Secret, UnavailableError, type Logger } from "@fleetswan/common";
+import { ConflictError, FleetswanError, KeyWatcher, NotFoundError, Secret, UnavailableError, type KvChange, type Logger } from "@fleetswan/common";
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 import { controller as api, fleet, keymgr } from "@fleetswan/proto";
 import { compileSpec, pskFingerprint, SpecInvalidError, type CompiledFleet, type Resolver } from "./spec/compile.js";
@@ -49,6 +49,11 @@ export interface ControllerOptions {
 const enc = new TextEncoder();
 /** Agent statuses are stored in fleet-status in batches at most this far apart. */
 const STATUS_FLUSH_MS = 20;
+/** The controller's KV watches: a lost consumer (dead NATS node) is replaced within 3 heartbeats. */
+const WATCH_HEARTBEAT_MS = 2000;
+const WATCH_SYNC_TIMEOUT_MS = 30_000;
+const dec = new TextDecoder();
+const jsonOf = <T>(c: KvChange): T => JSON.parse(dec.decode(c.value)) as T;
 
 export const defaultResolver: Resolver = async (host) => {
   const res = await Promise.race([
@@ -245,9 +250,9 @@ export class Controller {
     this.#certs = await js.views.kv(BUCKET.certs, { history: 2, replicas: r });
     this.#orphans = await js.views.kv(BUCKET.orphans, { history: 1, replicas: r });
     let certsInitialised = false;
-    await this.#watchInto(this.#certs, (e) => {
+    await this.#watchInto(BUCKET.certs, (e) => {
       const before = this.#certCache.get(e.key)?.rec.certificatePem;
-      if (e.operation === "PUT") this.#certCache.set(e.key, { rec: e.json<CertRecord>(), revision: e.revision });
+      if (e.op === "PUT") this.#certCache.set(e.key, { rec: jsonOf<CertRecord>(e), revision: e.revision });
       else this.#certCache.delete(e.key);
       if (certsInitialised && this.#certCache.get(e.key)?.rec.certificatePem !== before) {
         // A certificate changed (this or another replica renewed it): views follow.
@@ -256,26 +261,26 @@ export class Controller {
       }
     });
     certsInitialised = true;
-    await this.#watchInto(this.#status, (e) => {
+    await this.#watchInto(BUCKET.status, (e) => {
       // Decoded on demand (#statusOf): a convergence of 1,000 gateways stores 1,000 statuses.
-      if (e.operation === "PUT") this.#statusCache.set(e.key, { value: e.value });
+      if (e.op === "PUT") this.#statusCache.set(e.key, { value: e.value });
       else this.#statusCache.delete(e.key);
     });
-    await this.#watchInto(this.#events, (e) => {
-      if (e.operation === "PUT") this.#eventCache.set(e.key, e.json<EventRecord>());
+    await this.#watchInto(BUCKET.events, (e) => {
+      if (e.op === "PUT") this.#eventCache.set(e.key, jsonOf<EventRecord>(e));
       else this.#eventCache.delete(e.key);
     });
-    await this.#watchInto(this.#views, (e) => {
+    await this.#watchInto(BUCKET.views, (e) => {
       // The view's own revision is read only when needed (#viewRevisionOf): an apply of
       // 1,000 views echoes 1,000 entries through this watch. The echo of a write of ours
       // is what the cache holds already (with its revision known): kept as it is.
-      if (e.operation === "PUT") {
+      if (e.op === "PUT") {
         if (this.#viewCache.get(e.key)?.revision !== e.revision) this.#viewCache.set(e.key, { revision: e.revision, value: e.value });
       } else this.#viewCache.delete(e.key);
     });
-    await this.#watchInto(this.#spec, (e) => {
-      if (e.operation !== "PUT") return;
-      void this.#loadCurrent(e.revision, e.json<SpecRecord>()).catch((err) => this.#o.log.error({ err, revision: e.revision }, "cannot load spec revision"));
+    await this.#watchInto(BUCKET.spec, (e) => {
+      if (e.op !== "PUT") return;
+      void this.#loadCurrent(e.revision, jsonOf<SpecRecord>(e)).catch((err) => this.#o.log.error({ err, revision: e.revision }, "cannot load spec revision"));
     });
     this.#subs.push(this.#o.nc.subscribe(subjects.controllerApiAll, { queue: CONTROLLER_QUEUE, callback: (err, msg) => { if (!err) void this.#serve(msg); } }));
     this.#subs.push(this.#o.nc.subscribe(subjects.statusAll, { queue: CONTROLLER_QUEUE, callback: (err, msg) => { if (!err) void this.#onStatus(msg).catch((e) => this.#o.log.warn({ err: e, subject: msg.subject }, "status not stored")); } }));
@@ -306,17 +311,12 @@ export class Controller {
     await this.#secretsRun?.catch(() => undefined);
   }
 
-  async #watchInto(kv: KV, apply: (e: import("nats").KvEntry) => void): Promise<void> {
-    let initialised!: () => void;
-    const done = new Promise<void>((r) => (initialised = r));
-    const it = await kv.watch({ initializedFn: () => initialised() });
-    this.#subs.push({ unsubscribe: () => it.stop() } as unknown as Subscription);
-    void (async () => {
-      for await (const e of it) {
-        try { apply(e); } catch (err) { this.#o.log.warn({ err, key: e.key, bucket: e.bucket }, "bad KV entry ignored"); }
-      }
-    })();
-    await done;
+  /** Watch a whole bucket into memory (kept through NATS node losses); resolves once the initial values are in. */
+  async #watchInto(bucket: string, apply: (e: KvChange) => void): Promise<void> {
+    const w = new KeyWatcher({ nc: this.#o.nc, bucket, key: ">", onChange: apply, log: this.#o.log, heartbeatMs: WATCH_HEARTBEAT_MS });
+    this.#subs.push({ unsubscribe: () => w.stop() } as unknown as Subscription);
+    w.start();
+    await w.waitSynced(WATCH_SYNC_TIMEOUT_MS);
   }
 
   async #loadCurrent(revision: number, record: SpecRecord): Promise<void> {

@@ -7,14 +7,16 @@
  */
 import { randomBytes } from "node:crypto";
 import { Counter, Gauge, Registry } from "prom-client";
-import type { KV, KvEntry, Msg, NatsConnection, Subscription } from "nats";
+import type { KV, Msg, NatsConnection, Subscription } from "nats";
 import {
   ConflictError,
   FleetswanError,
+  KeyWatcher,
   NotFoundError,
   PermissionError,
   Secret,
   WeakCryptoError,
+  type KvChange,
   type Logger,
 } from "@fleetswan/common";
 import { fleet, keymgr } from "@fleetswan/proto";
@@ -156,12 +158,12 @@ export class KeyManager {
     this.#agents = await js.views.kv(BUCKET.agents, { history: 1, replicas });
     this.#secrets = await js.views.kv(BUCKET.secrets, { history: 1, replicas });
     this.#enroll = await js.views.kv(BUCKET.enroll, { history: 1, replicas });
-    await this.#watchInto(this.#keys, (e) => {
-      if (e.operation === "PUT") this.#index.set(e.key, { rec: decodeRecord(e.value), revision: e.revision });
+    await this.#watchInto(BUCKET.keys, (e) => {
+      if (e.op === "PUT") this.#index.set(e.key, { rec: decodeRecord(e.value), revision: e.revision });
       else this.#index.delete(e.key);
     });
-    await this.#watchInto(this.#agents, (e) => {
-      if (e.operation === "PUT") this.#agentKeys.set(e.key, JSON.parse(e.string()) as AgentRecord);
+    await this.#watchInto(BUCKET.agents, (e) => {
+      if (e.op === "PUT") this.#agentKeys.set(e.key, JSON.parse(new TextDecoder().decode(e.value)) as AgentRecord);
       else this.#agentKeys.delete(e.key);
     });
     await this.#ensureCa();
@@ -198,21 +200,12 @@ export class KeyManager {
   }
 
   /** Watch a whole bucket into memory; resolves once the initial values are in. */
-  async #watchInto(kv: KV, apply: (e: KvEntry) => void): Promise<void> {
-    let ready!: () => void;
-    const initialized = new Promise<void>((r) => (ready = r));
-    const iter = await kv.watch({ initializedFn: () => ready() });
-    this.#watchers.push(iter);
-    void (async () => {
-      for await (const e of iter) {
-        try {
-          apply(e);
-        } catch (x) {
-          this.#log.warn({ key: e.key, err: (x as Error).message }, "ignoring unreadable KV entry");
-        }
-      }
-    })();
-    await initialized;
+  async #watchInto(bucket: string, apply: (e: KvChange) => void): Promise<void> {
+    // KeyWatcher: kept through NATS node losses (a lost consumer is replaced within 3 heartbeats).
+    const w = new KeyWatcher({ nc: this.#o.nc, bucket, key: ">", onChange: apply, log: this.#log, heartbeatMs: 2000 });
+    this.#watchers.push(w);
+    w.start();
+    await w.waitSynced(30_000);
   }
 
   // ------------------------------------------------------------------ records ----

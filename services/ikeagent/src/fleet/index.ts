@@ -13,16 +13,14 @@ import { join } from "node:path";
 import { createHash } from "node:crypto";
 import { connect, type Msg, type NatsConnection, type Subscription } from "nats";
 import { Counter, Gauge, Registry } from "prom-client";
-import { Secret, natsConnectionOptions, type Logger, type NatsAuth } from "@fleetswan/common";
+import { KeyWatcher, Secret, natsConnectionOptions, type Logger, type NatsAuth } from "@fleetswan/common";
 import { fleet, ikeagent } from "@fleetswan/proto";
 import type { Engine, EngineConfig, EngineEvent, EngineSecret } from "../engine-api.js";
 import { loadOrCreateAgentKey, unseal, type AgentKey } from "./sealing.js";
 import { AgentState } from "./state.js";
-import { KeyWatcher } from "./watcher.js";
 
 export { FakeEngine, type FakeApply } from "./fake-engine.js";
 export { loadOrCreateAgentKey, unseal, AGENT_KEY_FILE, type AgentKey } from "./sealing.js";
-export { KeyWatcher } from "./watcher.js";
 
 export const VIEWS_BUCKET = "fleet-views";
 export const SECRETS_BUCKET = "fleet-secrets";
@@ -423,8 +421,7 @@ export async function runFleetClient(opts: FleetClientOptions): Promise<FleetCli
           log.warn({ gateway }, "NATS disconnected; keeping the last good view");
         } else if (s.type === "reconnect") {
           mConnected.set(1);
-          log.info({ gateway, server: conn.getServer() }, "NATS reconnected; resyncing");
-          for (const w of watchers) w.resync();
+          log.info({ gateway, server: conn.getServer() }, "NATS reconnected");
           publishStatus({ heartbeat: true });
         }
       }

@@ -1,15 +1,19 @@
 /**
- * Watching KV keys under NATS permissions that name the keys (docs/security.md): a push
- * consumer created with the filtered create subject
- * $JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>, delivering the last value of each
- * matching key and then every change, without acks. Idle heartbeats show it is alive;
- * after a reconnect or missed heartbeats a new consumer replaces it and delivers the
- * latest values again (the caller applies only differences, so a resync is harmless).
- * nats.js kv.watch() is not used: its ordered consumer resets through the unfiltered
- * create subject, which a confined gateway may not use.
+ * Watching NATS KV keys, the one way every service does it: a push consumer created with
+ * the filtered create subject $JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>, delivering
+ * the last value of each matching key and then every change, without acks.
+ *
+ * It survives the loss of a NATS node. Idle heartbeats show the consumer is alive; after a
+ * reconnect or missed heartbeats a new consumer replaces it and delivers the latest values
+ * again (callers apply only differences, so a resync is harmless). nats.js kv.watch() is
+ * not used: its ordered consumer resets through the unfiltered create subject, which a
+ * confined gateway may not use (docs/security.md), and when that reset fails (a cluster
+ * still electing the stream leader of a dead node) its iterator ends for good: a
+ * controller replica then served the old spec or no status until restarted.
  */
-import { createInbox, headers as _headers, nuid, type Msg, type NatsConnection, type Subscription } from "nats";
-import type { Logger } from "@fleetswan/common";
+import { createInbox, nuid, type Msg, type NatsConnection, type Status, type Subscription } from "nats";
+import type { Logger } from "./log.js";
+import { UnavailableError } from "./errors.js";
 
 export interface KvChange {
   key: string;
@@ -22,17 +26,17 @@ export interface KvChange {
 export interface KeyWatcherOptions {
   nc: NatsConnection;
   bucket: string;
-  /** Key or key pattern within the bucket ("gw-a", "gw-a.>"). */
+  /** Key or key pattern within the bucket ("gw-a", "gw-a.>", ">"). */
   key: string;
   onChange: (c: KvChange) => void;
   /** Called when the initial values of a (re)subscription have all arrived. */
   onSynced?: () => void;
   log: Logger;
+  /** Idle heartbeat of the consumer; three missed ones replace it (default 5 s). */
   heartbeatMs?: number;
 }
 
 const NS = 1_000_000;
-void _headers;
 
 export class KeyWatcher {
   readonly #o: KeyWatcherOptions;
@@ -40,12 +44,15 @@ export class KeyWatcher {
   #sub: Subscription | undefined;
   #lastSeen = 0;
   #timer: NodeJS.Timeout | undefined;
+  #statusEvents: { stop(): void } | undefined;
   #stopped = false;
   #establishing: Promise<void> | undefined;
   #generation = 0;
   /** Consecutive failed subscriptions (e.g. the bucket does not exist yet) and when to try again. */
   #failures = 0;
   #retryAt = 0;
+  #firstSynced!: () => void;
+  readonly #firstSync = new Promise<void>((r) => (this.#firstSynced = r));
 
   constructor(o: KeyWatcherOptions) {
     this.#o = o;
@@ -64,7 +71,26 @@ export class KeyWatcher {
       }
     }, this.#hb);
     this.#timer.unref();
+    // A reconnect (possibly to another cluster node) may have lost the consumer: replace it now.
+    const events = this.#o.nc.status() as AsyncIterable<Status> & { stop(): void };
+    this.#statusEvents = events;
+    void (async () => {
+      for await (const s of events) if (s.type === "reconnect") this.resync();
+    })().catch(() => undefined);
     this.resync();
+  }
+
+  /** Resolves when the first subscription has delivered every initial value; rejects after timeoutMs. */
+  async waitSynced(timeoutMs: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new UnavailableError(`cannot read KV bucket ${this.#o.bucket} (no answer within ${timeoutMs / 1000} s)`)), timeoutMs);
+    });
+    try {
+      await Promise.race([this.#firstSync, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Replace the consumer (after a reconnect or a missed heartbeat). */
@@ -97,6 +123,7 @@ export class KeyWatcher {
       if (!synced) {
         synced = true;
         this.#o.onSynced?.();
+        this.#firstSynced();
       }
     };
     this.#sub = nc.subscribe(inbox, {
@@ -138,20 +165,34 @@ export class KeyWatcher {
     const key = m.subject.slice(this.#prefix.length);
     const opHeader = h?.get("KV-Operation");
     const op = opHeader === "DEL" || opHeader === "PURGE" ? "DEL" : "PUT";
-    // $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>
-    const t = (m.reply ?? "").split(".");
-    const revision = t.length === 9 ? Number(t[5]) : 0;
+    const ack = parseAckSubject(m.reply ?? "");
     try {
-      this.#o.onChange({ key, op, value: m.data, revision });
+      this.#o.onChange({ key, op, value: m.data, revision: ack?.streamSeq ?? 0 });
     } catch (e) {
       this.#o.log.warn({ bucket: this.#o.bucket, key, err: (e as Error).message }, "ignoring KV change");
     }
-    if (t.length === 9 && t[8] === "0") markSynced();
+    if (ack?.pending === 0) markSynced();
   }
 
   stop(): void {
     this.#stopped = true;
     if (this.#timer) clearInterval(this.#timer);
+    this.#statusEvents?.stop();
     this.#sub?.unsubscribe();
   }
+}
+
+/**
+ * The stream sequence and pending count in a JetStream delivery's reply subject:
+ * $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending> (nats-server 2.9), or
+ * $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>[.<token>] (2.10+).
+ */
+export function parseAckSubject(reply: string): { streamSeq: number; pending: number } | undefined {
+  const t = reply.split(".");
+  if (t[0] !== "$JS" || t[1] !== "ACK") return undefined;
+  const at = t.length === 9 ? 5 : t.length === 11 || t.length === 12 ? 7 : -1;
+  if (at < 0) return undefined;
+  const streamSeq = Number(t[at]);
+  const pending = Number(t[at + 3]);
+  return Number.isSafeInteger(streamSeq) && Number.isSafeInteger(pending) ? { streamSeq, pending } : undefined;
 }
