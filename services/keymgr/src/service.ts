@@ -443,14 +443,16 @@ export class KeyManager {
   /** The last value of every key in fleet-secrets: key -> version and recipient key id. */
   async #sealedVersions(): Promise<Map<string, { version: number; recipientKeyId: string }>> {
     const out = new Map<string, { version: number; recipientKeyId: string }>();
-    let done!: () => void;
-    const initialized = new Promise<void>((r) => (done = r));
-    const iter = await this.#secrets.watch({ initializedFn: () => done() });
-    void (async () => {
-      for await (const e of iter) {
-        if (e.operation !== "PUT") {
+    const w = new KeyWatcher({
+      nc: this.#o.nc,
+      bucket: BUCKET.secrets,
+      key: ">",
+      log: this.#log,
+      heartbeatMs: 2000,
+      onChange: (e) => {
+        if (e.op !== "PUT") {
           out.delete(e.key);
-          continue;
+          return;
         }
         try {
           const b = fleet.SealedSecret.decode(e.value);
@@ -458,12 +460,17 @@ export class KeyManager {
         } catch {
           out.set(e.key, { version: -1, recipientKeyId: "" });
         }
-      }
-    })();
-    await initialized;
-    iter.stop();
+      },
+    });
+    w.start();
+    try {
+      await w.waitSynced(30_000);
+    } finally {
+      w.stop();
+    }
     return out;
   }
+
 
   /**
    * Repair pass: for every secret, each enrolled gateway of it must hold a blob of the
