@@ -197,8 +197,10 @@ describe('e2e fleet (gw-a, gw-b fleetswan userspace; gw-c strongSwan)', { skip: 
     await lab.apply(lab.renderSpec(), 'default.yaml');
     assert.ok(abSpis.size >= 4, `a-b: expected CHILD rekeys (>= 2 SPI pairs in 65 s with child_lifetime 25s), saw ${abSpis.size} SPIs`);
     assert.ok(peerIkeSpis.size >= 2, `a-c: expected an IKE rekey (>= 2 IKE SAs seen on gw-c with ike_lifetime 50s), saw ${peerIkeSpis.size}`);
-    // ping -i 0.001 is paced by its own timer and the replies; it reaches 600-1,000 packets/s here
-    assert.ok(rab.sent / rab.durationS > 500, `the a-b flow sent only ${(rab.sent / rab.durationS).toFixed(0)} packets/s`);
+    // ping -i 0.001 is paced by its own timer and the replies: 800-1,000 packets/s on an idle
+    // machine, 470 with two busy loops on the two cores. The fixed-rate load is iperf3's; this
+    // only checks the ping flow was dense enough (a rekey gap of 10 ms would lose a packet).
+    assert.ok(rab.sent / rab.durationS > 200, `the a-b flow sent only ${(rab.sent / rab.durationS).toFixed(0)} packets/s`);
     assert.ok(ikeRekeys >= 1, `a-b: expected an IKE rekey within 65 s (ike_lifetime 50s); gw-a reported ${ikeRekeys} (events: ${events.summary()})`);
     assert.equal(u.lostPackets, 0, `iperf3 UDP (1,000 packets/s) through a-b lost ${u.lostPackets} of ${u.packets} across rekeys`);
     assert.equal(rab.lost, 0, `a-b lost packets across rekeys: ${describeFlow(rab)}`);
